@@ -1,0 +1,8 @@
+"""The on-device agent. Stdlib-only core that parses as Python 3.9.
+
+Optional modules (psutil, onnxruntime, numpy, cryptography) are used only when present, and the
+handshake says which are. This package is shipped to devices as a zipapp (see fieldkit.link.zipapp).
+"""
+
+AGENT_VERSION = "0.1.0"
+PROTOCOL_VERSION = 1

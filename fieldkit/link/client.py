@@ -1,0 +1,295 @@
+"""The laptop's side of the message layer: :class:`DeviceLink`.
+
+One reader thread dispatches responses, progress events and data chunks to the waiting calls;
+one heartbeat thread keeps the link alive and declares the peer dead after ``dead_after``
+seconds of silence (cable pulled, device rebooted) — in seconds, not paramiko's 3600 s.
+Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+from fieldkit.agent import PROTOCOL_VERSION
+from fieldkit.agent.protocol import (
+    DATA_CHUNK, FrameReader, FrameWriter, Message, ProtocolError, StreamClosed,
+)
+from fieldkit.errors import Cancelled, ConnectError, DeviceError, LinkLost
+
+ProgressFn = Callable[[dict], None]
+
+
+@dataclass
+class _Pending:
+    op: str
+    done: threading.Event = field(default_factory=threading.Event)
+    response: dict | None = None
+    on_event: ProgressFn | None = None
+    on_data: Callable[[int, bytes, bool], None] | None = None
+
+
+class DeviceLink:
+    """A connected agent. Thread-safe: several calls may run at once."""
+
+    def __init__(self, stream: Any, *, name: str, transport: str, heartbeat_s: float = 1.0,
+                 dead_after_s: float = 6.0, on_close: Callable[[], None] | None = None) -> None:
+        self.name = name
+        self.transport = transport
+        self._stream = stream
+        self._reader = FrameReader(stream)
+        self._writer = FrameWriter(stream)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._hello = threading.Event()
+        self._on_close = on_close
+        self.heartbeat_s = heartbeat_s
+        self.dead_after_s = dead_after_s
+        self.last_rx = time.monotonic()
+        self.close_reason: str | None = None
+        self.agent: dict = {}
+        self.rejected = 0
+        self._threads = [
+            threading.Thread(target=self._read_loop, name=f"link-read-{name}", daemon=True),
+            threading.Thread(target=self._heartbeat_loop, name=f"link-hb-{name}", daemon=True),
+        ]
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def start(self, timeout: float = 15.0) -> "DeviceLink":
+        """Start the threads and perform the handshake; returns self."""
+        self._threads[0].start()
+        try:
+            self._send({"t": "hello", "proto": PROTOCOL_VERSION, "client": "fieldkit"})
+        except (OSError, StreamClosed) as exc:
+            self.close(f"could not talk to the agent: {exc}")
+            raise ConnectError(f"{self.name}: the agent did not start ({exc})") from exc
+        if not self._hello.wait(timeout) or self._closed.is_set():
+            reason = self.close_reason or f"no handshake within {timeout:.0f} s"
+            self.close(reason)
+            raise ConnectError(f"{self.name}: the agent did not answer the handshake: {reason}")
+        if self.agent.get("proto") != PROTOCOL_VERSION:
+            self.close("protocol mismatch")
+            raise ConnectError(
+                f"{self.name}: agent speaks protocol {self.agent.get('proto')}, fieldkit speaks {PROTOCOL_VERSION}",
+                hint="update the agent on the device (over SSH fieldkit pushes it automatically)")
+        self._threads[1].start()
+        return self
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def close(self, reason: str = "closed by fieldkit") -> None:
+        with self._lock:
+            if self._closed.is_set():
+                return
+            self._closed.set()
+            self.close_reason = reason
+            pending = list(self._pending.values())
+        for p in pending:
+            p.done.set()
+        try:
+            self._stream.close()
+        except Exception:
+            pass
+        if self._on_close:
+            try:
+                self._on_close()
+            except Exception:
+                pass
+
+    def __enter__(self) -> "DeviceLink":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- threads -----------------------------------------------------------------------------
+    def _send(self, header: dict, body: bytes | memoryview = b"") -> None:
+        if self._closed.is_set():
+            raise LinkLost(f"link to {self.name} is closed: {self.close_reason}")
+        self._writer.send(header, body)
+
+    def _read_loop(self) -> None:
+        reason = "the device closed the link"
+        try:
+            while not self._closed.is_set():
+                try:
+                    msg = self._reader.read_message()
+                except ProtocolError:
+                    self.rejected += 1
+                    continue
+                self.last_rx = time.monotonic()
+                self._dispatch(msg)
+        except (StreamClosed, OSError, EOFError) as exc:
+            if str(exc) and not isinstance(exc, StreamClosed):
+                reason = f"link error: {exc}"
+        except Exception as exc:  # never let the reader die silently
+            reason = f"internal error in the link reader: {type(exc).__name__}: {exc}"
+        self.close(reason)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._closed.wait(self.heartbeat_s):
+            silent = time.monotonic() - self.last_rx
+            if silent > self.dead_after_s:
+                self.close(f"no answer from {self.name} for {silent:.0f} s "
+                           "(cable pulled, network down, or device rebooted)")
+                return
+            try:
+                self._writer.try_send({"t": "hb", "ts": time.time()})
+            except (OSError, StreamClosed, ProtocolError) as exc:
+                self.close(f"link error: {exc}")
+                return
+
+    def _dispatch(self, msg: Message) -> None:
+        h = msg.header
+        t = msg.type
+        if t == "hello":
+            self.agent = h
+            self._hello.set()
+            return
+        if t == "hb":
+            return
+        p = self._pending.get(h.get("id"))
+        if p is None:
+            return
+        if t == "res":
+            p.response = h
+            p.done.set()
+        elif t == "evt" and p.on_event:
+            p.on_event(h.get("data") or {})
+        elif t == "data" and p.on_data:
+            p.on_data(int(h.get("off", 0)), msg.body, bool(h.get("eof")))
+
+    # ---- calls -------------------------------------------------------------------------------
+    def _register(self, op: str, on_event: ProgressFn | None,
+                  on_data: Callable[[int, bytes, bool], None] | None = None) -> tuple[int, _Pending]:
+        rid = next(self._ids)
+        p = _Pending(op=op, on_event=on_event, on_data=on_data)
+        with self._lock:
+            if self._closed.is_set():
+                raise LinkLost(f"link to {self.name} is closed: {self.close_reason}")
+            self._pending[rid] = p
+        return rid, p
+
+    def _wait(self, rid: int, p: _Pending, timeout: float | None,
+              cancel: threading.Event | None) -> dict:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not p.done.wait(0.05):
+                if cancel is not None and cancel.is_set():
+                    return self._cancel(rid, p)
+                if deadline is not None and time.monotonic() > deadline:
+                    self._try_cancel(rid)
+                    raise DeviceError(f"{self.name}: {p.op} did not finish within {timeout:.0f} s", code="timeout")
+            if p.response is None:
+                raise LinkLost(f"{self.name}: link lost during {p.op}: {self.close_reason}",
+                               hint="check the cable or network, then run the command again")
+            return self._result(p)
+        finally:
+            with self._lock:
+                self._pending.pop(rid, None)
+
+    def _try_cancel(self, rid: int) -> None:
+        try:
+            self._send({"t": "cancel", "id": rid})
+        except (LinkLost, OSError, StreamClosed):
+            pass
+
+    def _cancel(self, rid: int, p: _Pending) -> dict:
+        self._try_cancel(rid)
+        p.done.wait(5.0)  # let the device say where it stopped
+        detail = ((p.response or {}).get("error") or {}).get("message", "")
+        raise Cancelled(f"{p.op} on {self.name} cancelled" + (f": {detail}" if detail else ""))
+
+    def _result(self, p: _Pending) -> dict:
+        resp = p.response or {}
+        if resp.get("ok"):
+            return resp.get("result") or {}
+        err = resp.get("error") or {}
+        if err.get("code") == "cancelled":
+            raise Cancelled(f"{p.op} on {self.name} cancelled: {err.get('message', '')}")
+        exc = DeviceError(f"{self.name}: {p.op} failed: {err.get('message', 'unknown error')}",
+                          code=err.get("code", "failed"))
+        exc.detail = err.get("detail") or {}  # type: ignore[attr-defined]
+        raise exc
+
+    def call(self, op: str, args: dict | None = None, *, body: bytes = b"", timeout: float | None = 60.0,
+             on_event: ProgressFn | None = None, cancel: threading.Event | None = None) -> dict:
+        """Run ``op`` on the device and return its result (DeviceError if it failed)."""
+        rid, p = self._register(op, on_event)
+        try:
+            self._send({"t": "req", "id": rid, "op": op, "args": args or {}}, body)
+        except (OSError, StreamClosed) as exc:
+            with self._lock:
+                self._pending.pop(rid, None)
+            self.close(f"link error: {exc}")
+            raise LinkLost(f"{self.name}: link lost: {exc}") from exc
+        return self._wait(rid, p, timeout, cancel)
+
+    def upload(self, source: Path | BinaryIO, dest: str, *, size: int | None = None,
+               sha256: str | None = None, offset: int = 0, chunk: int = DATA_CHUNK,
+               progress: Callable[[int, int], None] | None = None,
+               cancel: threading.Event | None = None, timeout: float | None = 120.0) -> dict:
+        """Stream a file to ``dest`` on the device (written as ``dest.part``, renamed when whole).
+
+        ``offset`` resumes a partial transfer. The device hashes what it received and refuses a
+        digest mismatch. Returns ``{"path", "size", "sha256"}``.
+        """
+        own = isinstance(source, (str, Path))
+        fh: BinaryIO = open(source, "rb") if own else source  # type: ignore[assignment]
+        try:
+            if size is None:
+                size = os.fstat(fh.fileno()).st_size
+            rid, p = self._register("put", None)
+            self._send({"t": "req", "id": rid, "op": "put",
+                        "args": {"path": dest, "size": size, "sha256": sha256, "offset": offset}})
+            fh.seek(offset)
+            pos = offset
+            last_report = 0.0
+            buf = bytearray(chunk)
+            view = memoryview(buf)
+            while pos < size:
+                if p.done.is_set():
+                    break  # the device refused or failed: its answer says why
+                if cancel is not None and cancel.is_set():
+                    return self._cancel(rid, p)
+                n = fh.readinto(view[: min(chunk, size - pos)])
+                if not n:
+                    raise DeviceError(f"{source}: file ended at {pos} of {size} bytes", code="short_source")
+                self._send({"t": "data", "id": rid, "off": pos, "eof": pos + n >= size}, view[:n])
+                pos += n
+                now = time.monotonic()
+                if progress and (now - last_report > 0.2 or pos >= size):
+                    progress(pos, size)
+                    last_report = now
+            return self._wait(rid, p, timeout, cancel)
+        except (OSError, StreamClosed) as exc:
+            self.close(f"link error: {exc}")
+            raise LinkLost(f"{self.name}: link lost during upload: {exc}",
+                           hint="reconnect and run again: the transfer resumes where it stopped") from exc
+        finally:
+            if own:
+                fh.close()
+
+    def ping(self, timeout: float = 10.0) -> float:
+        """Round-trip time in seconds."""
+        t0 = time.perf_counter()
+        self.call("ping", timeout=timeout)
+        return time.perf_counter() - t0
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,57 @@
+"""Build the agent zipapp that is pushed to devices, content-addressed by its sha256.
+
+The archive holds only ``fieldkit/agent`` (stdlib-only) and a stub ``fieldkit/__init__.py``.
+Entries have fixed timestamps and order, so the same agent source always gives the same bytes
+and the device-side cache (``~/.cache/fieldkit/agent-<hash>.pyz``) is reused across runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+_FIXED_TIME = (2020, 1, 1, 0, 0, 0)
+_MAIN = b"import sys\nfrom fieldkit.agent.__main__ import main\nsys.exit(main())\n"
+
+
+@dataclass(frozen=True)
+class AgentArchive:
+    data: bytes
+    sha256: str
+
+    @property
+    def short(self) -> str:
+        return self.sha256[:16]
+
+    def write_cached(self, cache_dir: Path) -> Path:
+        """Write the archive as ``cache_dir/agent-<hash>.pyz`` (once) and return the path."""
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        path = cache_dir / f"agent-{self.short}.pyz"
+        if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != self.sha256:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(self.data)
+            tmp.replace(path)
+        return path
+
+
+@lru_cache(maxsize=1)
+def agent_archive() -> AgentArchive:
+    src = Path(__file__).resolve().parent.parent / "agent"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        def add(name: str, data: bytes) -> None:
+            info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data)
+
+        add("__main__.py", _MAIN)
+        add("fieldkit/__init__.py", b"")
+        for path in sorted(src.glob("*.py")):
+            add(f"fieldkit/agent/{path.name}", path.read_bytes())
+    data = buf.getvalue()
+    return AgentArchive(data, hashlib.sha256(data).hexdigest())

@@ -1,0 +1,209 @@
+"""Simulated devices: the real agent on real files, reached over real SSH and a real pty.
+
+* SSH devices are paramiko SSH servers on 127.0.0.1 (OS-picked port, a host key each) whose
+  exec channel runs commands in a device root under a temp dir; fieldkit pushes and starts
+  the agent there exactly as on a real device.
+* Serial devices are two pty pairs joined by a relay, with ``fieldkit-agent serve --serial``
+  on one end and the laptop's ``serial:///dev/pts/N`` on the other.
+
+They are registered in the current FIELDKIT_HOME (inventory and known_hosts) while running and
+removed again on stop. The health they report is this machine's real health.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fieldkit.locations import Home
+
+DEVICE_DIRS = (
+    "etc/fieldkit/trust",
+    "var/lib/fieldkit/models",
+    "var/lib/fieldkit/staging",
+    "home/fieldkit",
+)
+
+
+@dataclass
+class SimDevice:
+    name: str
+    target: str
+    transport: str
+    root: str
+    host_key_fingerprint: str | None
+
+
+def make_device_root(path: Path) -> Path:
+    for d in DEVICE_DIRS:
+        (path / d).mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class Simulation:
+    """Start with :meth:`start`, stop with :meth:`stop` (or use as a context manager)."""
+
+    def __init__(self, home: Home, *, ssh: int = 1, serial: int = 1, prefix: str = "sim",
+                 profile: str = "generic-linux", base_dir: Path | None = None) -> None:
+        self.home = home
+        self.n_ssh = ssh
+        self.n_serial = serial
+        self.prefix = prefix
+        self.profile = profile
+        self._base = base_dir
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.devices: list[SimDevice] = []
+        self.ssh_servers: dict[str, Any] = {}
+        self.relays: dict[str, Any] = {}
+        self.agents: dict[str, subprocess.Popen] = {}
+        self._registered: list[tuple[str, str | None]] = []
+
+    def __enter__(self) -> "Simulation":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def base(self) -> Path:
+        if self._base is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="fieldkit-sim-")
+            self._base = Path(self._tmp.name)
+        return self._base
+
+    def start(self) -> "Simulation":
+        from fieldkit.link.ssh import ensure_client_key
+
+        self.home.ensure()
+        key_path = ensure_client_key(self.home)
+        try:
+            for i in range(1, self.n_ssh + 1):
+                self._start_ssh(f"{self.prefix}-ssh-{i}", Path(str(key_path) + ".pub"))
+            for i in range(1, self.n_serial + 1):
+                self._start_serial(f"{self.prefix}-serial-{i}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_ssh(self, name: str, client_pub: Path) -> None:
+        from fieldkit.inventory import add_device
+        from fieldkit.link.hostkeys import add_host_key, fingerprint
+        from fieldkit.simssh import SimSshServer
+
+        root = make_device_root(self.base / name)
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR")}
+        env["FIELDKIT_AGENT_ROOT"] = str(root)
+        server = SimSshServer(root, self.base / f"{name}.hostkey", [client_pub], env)
+        server.start()
+        self.ssh_servers[name] = server
+        target = f"ssh://fieldkit@127.0.0.1:{server.port}"
+        add_host_key(self.home, "127.0.0.1", server.port, server.host_key)
+        add_device(self.home, name, target, profile=self.profile, replace=True)
+        self._registered.append((name, f"[127.0.0.1]:{server.port}"))
+        self.devices.append(SimDevice(name, target, "ssh", str(root), fingerprint(server.host_key)))
+
+    def start_serial_agent(self, name: str) -> subprocess.Popen:
+        relay = self.relays[name]
+        root = self.base / name
+        log = open(self.base / f"{name}.agent.log", "ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fieldkit.agent", "serve", "--serial", relay.device_path,
+             "--baud", "115200", "--root", str(root)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        log.close()
+        self.agents[name] = proc
+        return proc
+
+    def _start_serial(self, name: str) -> None:
+        from fieldkit.inventory import add_device
+        from fieldkit.ptyrelay import PtyRelay
+
+        root = make_device_root(self.base / name)
+        relay = PtyRelay()
+        self.relays[name] = relay
+        self.start_serial_agent(name)
+        target = f"serial://{relay.laptop_path}?baud=115200"
+        add_device(self.home, name, target, profile=self.profile, replace=True)
+        self._registered.append((name, None))
+        self.devices.append(SimDevice(name, target, "serial", str(root), None))
+
+    # ---- control (tests and the demo pull cables and reboot devices) ----------------------------
+    def stop_device(self, name: str) -> None:
+        """Power a device off: its SSH server or serial agent stops; its files remain."""
+        if name in self.ssh_servers:
+            self.ssh_servers[name].stop()
+        elif name in self.agents:
+            self._kill(self.agents.pop(name))
+
+    def start_device(self, name: str) -> None:
+        if name in self.ssh_servers:
+            self.ssh_servers[name].start()
+        elif name in self.relays:
+            self.start_serial_agent(name)
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def write_state(self, path: Path) -> None:
+        doc = {"devices": [asdict(d) for d in self.devices]}
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=2))
+        tmp.replace(path)
+
+    def stop(self) -> None:
+        from fieldkit.inventory import remove_device
+        from fieldkit.link.hostkeys import remove_host_entry
+
+        for proc in self.agents.values():
+            self._kill(proc)
+        self.agents.clear()
+        for server in self.ssh_servers.values():
+            server.stop()
+        self.ssh_servers.clear()
+        for relay in self.relays.values():
+            relay.close()
+        self.relays.clear()
+        for name, host in self._registered:
+            try:
+                remove_device(self.home, name)
+            except Exception:
+                pass
+            if host:
+                try:
+                    remove_host_entry(self.home, host)
+                except Exception:
+                    pass
+        self._registered.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+def wait_forever() -> None:
+    """Block until SIGINT or SIGTERM."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+

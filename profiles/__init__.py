@@ -1,0 +1,1 @@
+"""Bundled device profiles (installed as the package ``fieldkit.bundled_profiles``)."""

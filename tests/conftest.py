@@ -1,0 +1,49 @@
+"""Shared fixtures. Every test gets its own FIELDKIT_HOME and never touches the user's ~/.ssh."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "fieldkit-home"
+    monkeypatch.setenv("FIELDKIT_HOME", str(home))
+    ssh_cfg = tmp_path / "ssh_config"
+    ssh_cfg.write_text("")
+    monkeypatch.setenv("FIELDKIT_SSH_CONFIG", str(ssh_cfg))
+    monkeypatch.setenv("FIELDKIT_USER_KNOWN_HOSTS", str(tmp_path / "user_known_hosts"))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    return home
+
+
+@pytest.fixture
+def home(isolated_home: Path):
+    from fieldkit.locations import Home
+
+    return Home(isolated_home).ensure()
+
+
+@pytest.fixture
+def device_root(tmp_path: Path) -> Path:
+    from fieldkit.sim import make_device_root
+
+    return make_device_root(tmp_path / "device")
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 60, input: str | None = None):
+    """Run the real CLI in a subprocess; returns CompletedProcess (text)."""
+    import subprocess
+
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    return subprocess.run([sys.executable, "-m", "fieldkit", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, input=input, cwd=str(ROOT))
