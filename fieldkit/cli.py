@@ -134,6 +134,9 @@ def cmd_health(args: argparse.Namespace, home: Home) -> int:
             else:
                 doc = {"status": status, "devices": [r.to_json() for r in reports]}
             print(json.dumps(doc, default=str, indent=None if args.watch else 2), flush=True)
+            for r in reports:
+                if r.error:
+                    print(f"fieldkit: {r.device}: {r.error}", file=sys.stderr)
         else:
             if args.watch:
                 print("\x1b[2J\x1b[H" if use_color() else "", end="")
@@ -239,14 +242,14 @@ def cmd_trust(args: argparse.Namespace, home: Home) -> int:
         return answer.strip().lower() in ("y", "yes")
 
     result = trust(home, target, fingerprint=args.fingerprint, confirm=confirm, replace=args.replace)
-    doc = result if isinstance(result, dict) else getattr(result, "__dict__", {"result": str(result)})
+    doc = result.as_dict()
     if args.json:
         _emit_json(doc)
     else:
-        trusted = doc.get("trusted", doc.get("added", True))
-        print(("trusted " if trusted else "not trusted ") + str(doc.get("host", args.target))
-              + (f" ({doc.get('fingerprint')})" if doc.get("fingerprint") else ""))
-    return 0 if doc.get("trusted", doc.get("added", True)) else 1
+        print(f"{doc['status']}: {doc['host']} {doc['key_type']} {doc['fingerprint']} in {doc['path']}")
+        for note in doc.get("notes") or []:
+            print(f"  note: {note}")
+    return 0
 
 
 # ---- devices / profiles --------------------------------------------------------------------------
@@ -309,7 +312,10 @@ def cmd_profiles(args: argparse.Namespace, home: Home) -> int:
 
 def render_profile(prof: Any) -> str:
     lines = [f"{prof.name}: {prof.description}", ""]
-    rows = [[k, v.warn, v.crit] for k, v in prof.thresholds]
+    from fieldkit.profiles import THRESHOLD_METRICS
+
+    rows = [[k, getattr(prof.thresholds, k).warn, getattr(prof.thresholds, k).crit] for k in THRESHOLD_METRICS]
+    rows += [[f"temperature_c[{zone}]", th.warn, th.crit] for zone, th in prof.thresholds.temperature_zones.items()]
     lines.append(table(["THRESHOLD", "WARN", "CRIT"], rows))
     if prof.use_cases:
         lines.append("")

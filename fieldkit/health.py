@@ -123,7 +123,8 @@ def evaluate(raw: dict, profile: Any, clock_offset_s: float | None) -> list[Chec
     if not zones:
         checks.append(Check("temperature", "n/a", None, "no thermal zones: temperature not available on this device"))
     for z in zones:
-        checks.append(_grade(f"temp:{z['type']}", z["temp_c"], t.temperature_c, "{:.1f} °C", f"{z['type']} ({z['zone']})"))
+        limit = t.temperature_for(z["type"]) if hasattr(t, "temperature_for") else t.temperature_c
+        checks.append(_grade(f"temp:{z['type']}", z["temp_c"], limit, "{:.1f} °C", f"{z['type']} ({z['zone']})"))
 
     checks.append(_throttle_check(raw.get("throttling") or {}, cpu))
 

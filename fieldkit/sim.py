@@ -100,6 +100,8 @@ class Simulation:
         root = make_device_root(self.base / name)
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR")}
         env["FIELDKIT_AGENT_ROOT"] = str(root)
+        # The simulated device's python3 is the one fieldkit runs on (with its onnxruntime).
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "/usr/bin:/bin")])
         server = SimSshServer(root, self.base / f"{name}.hostkey", [client_pub], env)
         server.start()
         self.ssh_servers[name] = server

@@ -16,6 +16,11 @@ def main(argv=None):
     serve.add_argument("--root", default=os.environ.get("FIELDKIT_AGENT_ROOT", "/"),
                        help="device root (default: $FIELDKIT_AGENT_ROOT or /)")
     sub.add_parser("version", help="print the agent version")
+    sub.add_parser("bench", help="run an inference benchmark (started by the agent)", add_help=False)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from fieldkit.agent import benchrun
+        return benchrun.main(argv[1:])
     args = parser.parse_args(argv)
 
     from fieldkit.agent import AGENT_VERSION
@@ -61,12 +66,12 @@ def serve_serial(port, baud, root):
             log("cannot open %s: %s; retrying in 2 s" % (port, exc))
             time.sleep(2)
             continue
-        link = ArqLink(raw, role="server")
+        link = ArqLink(raw, name=port)
         try:
             while True:
-                link.accept()
+                session = link.accept()
                 log("session started on %s" % port)
-                AgentSession(link, root, idle_timeout_s=15.0).serve()
+                AgentSession(session, root, idle_timeout_s=15.0).serve()
                 log("session ended on %s" % port)
         except OSError as exc:
             log("serial port %s failed: %s; reopening" % (port, exc))

@@ -2,40 +2,28 @@
 
 ``encode(data)`` returns bytes with no 0x00 in them, at most ``1 + len(data) // 254`` bytes longer;
 the caller appends the 0x00 frame delimiter.  ``decode(encoded)`` reverses it and raises
-``ValueError`` on malformed input.  Both work block by block (up to 254 bytes per step, using
-``bytes.find`` and slicing), never byte by byte.
+``ValueError`` on malformed input.  Both work block by block (``bytes.split`` / slicing, up to
+254 bytes per step), never byte by byte.
 """
 
 
 def encode(data):
     """COBS-encode ``data`` (bytes-like); the result contains no zero byte."""
-    data = bytes(data)
-    n = len(data)
     out = bytearray()
     append = out.append
-    find = data.find
-    pos = 0
-    while True:
-        end = pos + 254
-        if end > n:
-            end = n
-        z = find(0, pos, end)
-        if z >= 0:
-            append(z - pos + 1)
-            out += data[pos:z]
-            pos = z + 1
-            continue  # a zero as the last byte still needs a final (empty) block
-        length = end - pos
-        if length == 254:
-            append(255)
-            out += data[pos:end]
-            pos = end
-            if pos == n:
-                break
+    for seg in bytes(data).split(b"\x00"):
+        n = len(seg)
+        if n < 254:
+            append(n + 1)
+            out += seg
             continue
-        append(length + 1)
-        out += data[pos:end]
-        break
+        pos = 0
+        while n - pos >= 254:  # full blocks carry no implied zero
+            append(255)
+            out += seg[pos:pos + 254]
+            pos += 254
+        append(n - pos + 1)
+        out += seg[pos:]
     return bytes(out)
 
 

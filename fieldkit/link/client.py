@@ -94,12 +94,12 @@ class DeviceLink:
             self._closed.set()
             self.close_reason = reason
             pending = list(self._pending.values())
-        for p in pending:
-            p.done.set()
-        try:
+        try:  # release the transport (port lock, channel) before waking the callers
             self._stream.close()
         except Exception:
             pass
+        for p in pending:
+            p.done.set()
         if self._on_close:
             try:
                 self._on_close()

@@ -126,18 +126,35 @@ class _SerialPort:
             pass
 
 
+class _SerialStream:
+    """One ARQ session as the link's stream; closing it ends the session and frees the port."""
+
+    def __init__(self, arq: Any, session: Any) -> None:
+        self.arq = arq
+        self.session = session
+
+    def read(self, n: int) -> bytes:
+        return self.session.read(n)
+
+    def write(self, data: bytes) -> None:
+        self.session.write(data)
+
+    def close(self) -> None:
+        self.arq.close(linger=0.2)
+
+
 def _connect_serial(dev: ResolvedDevice, target: Any, timeout: float, dead_after_s: float) -> DeviceLink:
     from fieldkit.agent.arq import ArqLink
 
     port = _SerialPort(target.path, target.baud)
-    arq = ArqLink(port, role="client")
+    arq = ArqLink(port, name=target.path, dead_after=dead_after_s)
     try:
-        arq.connect(timeout=min(timeout, 10.0))
+        session = arq.connect(timeout=min(timeout, 10.0))
     except (TimeoutError, OSError) as exc:
         arq.close()
         raise ConnectError(f"{dev.name}: no fieldkit agent answered on {target.path} at {target.baud} baud",
                            hint="check the cable and baud rate, and that `fieldkit-agent serve --serial` "
                                 "runs on the device") from exc
-    link = DeviceLink(arq, name=dev.name, transport="serial", dead_after_s=dead_after_s)
+    link = DeviceLink(_SerialStream(arq, session), name=dev.name, transport="serial", dead_after_s=dead_after_s)
     link.arq = arq  # type: ignore[attr-defined]
-    return _start(link, timeout, arq)
+    return _start(link, timeout, None)

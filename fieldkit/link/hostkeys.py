@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import fnmatch
 import hashlib
 import hmac
 import logging
@@ -287,7 +286,7 @@ class KnownHosts:
                 hint=f"check the fingerprint on the device, then run "
                      f"`fieldkit trust --replace {target}`")
         raise HostKeyError(
-            f"unknown host {display}: it offered a {key_type} key {got}, which is not in "
+            f"unknown host {display}: it presented the {key_type} host key {got}, which is not in "
             f"{self.own_path} or {', '.join(map(str, self.user_paths)) or 'any user file'}; "
             f"refusing to connect{note}",
             host=display, key_type=key_type, fingerprint=got,
@@ -341,6 +340,12 @@ def _append_entry(path: Path, name: str, key_type: str, b64: str) -> bool:
         os.close(fd)
 
 
+def remove_host_entry(home: Home, name: str) -> list[str]:
+    """Remove every key filed under ``name`` (``host`` or ``[host]:port``) from fieldkit's own
+    known_hosts; returns the fingerprints removed. The user's files are never touched."""
+    return _remove_name(home.known_hosts, name)
+
+
 def _remove_name(path: Path, name: str) -> list[str]:
     """Drop every key of ``name`` from ``path`` (other names on shared lines are kept).
 
@@ -389,7 +394,7 @@ def _remove_name(path: Path, name: str) -> list[str]:
 
 # --------------------------------------------------------------------------- fetch and trust
 
-def fetch_host_key(target: "SshTarget", home: Home | None = None, *, connect_timeout: float = 10.0,
+def fetch_host_key(target: "SshTarget | str", home: Home | None = None, *, connect_timeout: float = 10.0,
                    key_types: Iterable[str] | None = None) -> tuple[str, str, "PKey"]:
     """Handshake with ``target`` (honouring ~/.ssh/config HostName, Port, ProxyCommand and
     ProxyJump), take its host key and disconnect without authenticating.
@@ -408,23 +413,24 @@ def fetch_host_key(target: "SshTarget", home: Home | None = None, *, connect_tim
 
 @dataclass(frozen=True)
 class TrustResult:
-    """What :func:`trust` did. ``status``: ``added``, ``replaced`` or ``already-trusted``."""
+    """What :func:`trust` did (refusals raise instead). Plain JSON-able fields."""
 
     host: str  # the name the key is filed under (``host`` or ``[host]:port``)
     key_type: str
     fingerprint: str
-    status: str
-    path: Path  # fieldkit's known_hosts
+    status: str  # "added", "replaced" or "already-trusted"
+    path: str  # fieldkit's known_hosts
     removed: tuple[str, ...] = ()  # fingerprints dropped from fieldkit's file (replace=True)
     notes: tuple[str, ...] = ()
+    trusted: bool = True
 
     def as_dict(self) -> dict:
         return {"host": self.host, "key_type": self.key_type, "fingerprint": self.fingerprint,
-                "status": self.status, "path": str(self.path), "removed": list(self.removed),
-                "notes": list(self.notes)}
+                "status": self.status, "path": self.path, "removed": list(self.removed),
+                "notes": list(self.notes), "trusted": self.trusted}
 
 
-def trust(home: Home, target: "SshTarget", fingerprint: str | None = None,
+def trust(home: Home, target: "SshTarget | str", fingerprint: str | None = None,
           confirm: Callable[[str, str, str], bool] | None = None, replace: bool = False, *,
           connect_timeout: float = 10.0) -> TrustResult:
     """Pin ``target``'s host key in fieldkit's known_hosts.
@@ -439,8 +445,9 @@ def trust(home: Home, target: "SshTarget", fingerprint: str | None = None,
     (neither fingerprint nor confirm), :class:`Cancelled` (confirm said no; nothing written),
     :class:`ConnectError` (unreachable).
     """
-    from fieldkit.link.ssh import resolve_ssh_target
+    from fieldkit.link.ssh import as_ssh_target, resolve_ssh_target
 
+    target = as_ssh_target(target)
     if fingerprint is None and confirm is None:
         raise ConfigError("refusing to trust a host key nobody checked",
                           hint="pass the fingerprint shown on the device (--fingerprint SHA256:...)")
@@ -461,12 +468,12 @@ def trust(home: Home, target: "SshTarget", fingerprint: str | None = None,
                 hint="read the fingerprint again on the device's console "
                      "(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub); a mismatch can mean "
                      "you are not talking to the device you think")
-        key_type, got = pkey.get_name(), globals()["fingerprint"](pkey)
+        key_type, got = pkey.get_name(), fingerprint_blob(pkey.asbytes())
 
     blob = pkey.asbytes()
     status, entries = kh.status(name, key_type, blob)
     if status == "ok":
-        return TrustResult(name, key_type, got, "already-trusted", home.known_hosts)
+        return TrustResult(name, key_type, got, "already-trusted", str(home.known_hosts))
     if status == "revoked":
         kh.check(name, pkey, display=display, target=str(target))  # raises
     conflict = status in ("changed", "other-types")
@@ -494,8 +501,8 @@ def trust(home: Home, target: "SshTarget", fingerprint: str | None = None,
                 notes.append(f"the old key {e.fingerprint} is still in {e.path}:{e.lineno} "
                              f"(fieldkit does not edit it; `ssh-keygen -R '{name}'` removes it)")
     _append_entry(home.known_hosts, name, key_type, pkey.get_base64())
-    return TrustResult(name, key_type, got, "replaced" if conflict else "added", home.known_hosts,
-                       tuple(removed), tuple(notes))
+    return TrustResult(name, key_type, got, "replaced" if conflict else "added",
+                       str(home.known_hosts), tuple(removed), tuple(notes))
 
 
 def _find_key_with_fingerprint(target: "SshTarget", home: Home, timeout: float, want: str,
@@ -513,7 +520,3 @@ def _find_key_with_fingerprint(target: "SshTarget", home: Home, timeout: float, 
         if _fingerprint_matches(want, pkey.asbytes()):
             return pkey
     return None
-
-
-def key_types_match(pattern: str, key_type: str) -> bool:  # pragma: no cover - helper for callers
-    return fnmatch.fnmatchcase(key_type, pattern)

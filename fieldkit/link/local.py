@@ -40,7 +40,7 @@ class ProcessStream(FdStream):
             except OSError:
                 pass
         try:
-            self.proc.wait(timeout=3)
+            self.proc.wait(timeout=1)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=3)

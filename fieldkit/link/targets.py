@@ -65,8 +65,8 @@ class SerialTarget:
     baud: int = DEFAULT_BAUD
 
     def __str__(self) -> str:
-        path = self.path if self.path.startswith("/") else "/" + self.path
-        return f"serial://{path}?baud={self.baud}"
+        # /dev/ttyUSB0 -> serial:///dev/ttyUSB0; COM3 -> serial://COM3
+        return f"serial://{self.path}?baud={self.baud}"
 
 
 @dataclass(frozen=True)

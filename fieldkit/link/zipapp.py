@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -32,9 +34,10 @@ class AgentArchive:
         cache_dir.mkdir(parents=True, exist_ok=True)
         path = cache_dir / f"agent-{self.short}.pyz"
         if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != self.sha256:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(self.data)
-            tmp.replace(path)
+            fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".agent-", suffix=".tmp")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(self.data)
+            os.replace(tmp, path)  # concurrent writers all write the same bytes
         return path
 
 

@@ -1,0 +1,1 @@
+"""Links to devices: the message protocol over SSH, serial or a local subprocess."""
