@@ -1,0 +1,1 @@
+"""Textual UI for fieldkit: one screen per module, thin drivers of fieldkit core calls."""
