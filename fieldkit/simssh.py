@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     import paramiko
 
 log = logging.getLogger(__name__)
+# paramiko logs every reset connection at ERROR; without a handler Python prints them to the
+# terminal. fieldkit reports link problems itself, in words a technician can act on.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 CHUNK = 256 * 1024
 LOCAL_NAMES = {"127.0.0.1", "localhost", "::1"}

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     import paramiko
 
 log = logging.getLogger(__name__)
+logging.getLogger("paramiko").addHandler(logging.NullHandler())  # we report link errors ourselves
 
 WINDOW_SIZE = 16 * 1024 * 1024  # bytes: exec channels stream bulk data
 MAX_PACKET_SIZE = 32 * 1024
