@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", type=Path, help="state directory (default: $FIELDKIT_HOME or the user data dir)")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
 
-    s = sub.add_parser("demo", help="start simulated devices and show their health")
+    s = sub.add_parser("demo", help="start simulated devices (2 SSH, 1 serial) and open the TUI on them")
     s.add_argument("--keep-home", action="store_true", help="use FIELDKIT_HOME instead of a throw-away demo home")
+    s.add_argument("--text", action="store_true", help="print the devices' health instead of opening the TUI")
 
     s = sub.add_parser("sim", help="run simulated devices (SSH and serial) until Ctrl-C")
     s.add_argument("--ssh", type=int, default=1, metavar="N", help="SSH devices (default 1)")
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true")
     d = psub.add_parser("check", help="validate a profile file")
     d.add_argument("file", type=Path)
+
+    from fieldkit import cli_bench
+    cli_bench.register(sub)
     return p
 
 
@@ -85,9 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     home = Home(args.home) if args.home else Home.current()
     if args.cmd is None:
-        parser.print_help()
-        return 0
-    handler = globals()[f"cmd_{args.cmd}"]
+        return run_tui(home)
+    if args.cmd == "bench":
+        from fieldkit import cli_bench
+        handler = cli_bench.cmd_bench
+    else:
+        handler = globals()[f"cmd_{args.cmd}"]
     try:
         return int(handler(args, home) or 0)
     except FieldkitError as exc:
@@ -208,6 +215,17 @@ def cmd_sim(args: argparse.Namespace, home: Home) -> int:
     return 0
 
 
+def run_tui(home: Home) -> int:
+    """Open the Textual UI (the only place the core hands over to the UI layer)."""
+    try:
+        import importlib
+
+        tui = importlib.import_module("screens.app")
+    except ImportError as exc:
+        raise ConfigError(f"the TUI is not available ({exc})", hint="pip install fieldkit with its dependencies")
+    return int(tui.run(home) or 0)
+
+
 def cmd_demo(args: argparse.Namespace, home: Home) -> int:
     import tempfile
 
@@ -218,6 +236,8 @@ def cmd_demo(args: argparse.Namespace, home: Home) -> int:
         demo_home = home if args.keep_home else Home(Path(tmp) / "home")
         print(f"starting 2 SSH and 1 serial simulated devices (home: {demo_home.root}) ...", flush=True)
         with Simulation(demo_home, ssh=2, serial=1, prefix="demo") as sim:
+            if not args.text:
+                return run_tui(demo_home)
             reports = check_many([d.name for d in sim.devices], demo_home)
             print(render_health(reports))
     return 3 if any(r.status == "unreachable" for r in reports) else 0

@@ -37,6 +37,7 @@ class HealthReport:
     error: str | None = None
     exit_code: int = 0
     measured_at: float = field(default_factory=time.time)
+    exception: FieldkitError | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict:
         doc: dict[str, Any] = {
@@ -226,7 +227,7 @@ def check_device(spec: str, home: Any, *, sample_s: float = 0.25, timeout: float
     except FieldkitError as exc:
         return HealthReport(device=dev.name, target=dev.target, profile=dev.profile.name,
                             status="unreachable" if exc.exit_code == 3 else "crit",
-                            error=str(exc), exit_code=exc.exit_code)
+                            error=str(exc), exit_code=exc.exit_code, exception=exc)
 
 
 def check_many(specs: list[str], home: Any, *, max_workers: int = 8, **kw: Any) -> list[HealthReport]:

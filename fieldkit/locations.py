@@ -65,3 +65,18 @@ class Home:
     @property
     def sim_dir(self) -> Path:
         return self.root / "sim"
+
+    @property
+    def operator_key(self) -> Path:
+        """The operator's signing key (ECDSA P-256, PKCS#8 PEM, mode 0600); made by `fieldkit init`."""
+        return self.root / "operator_key.pem"
+
+    @property
+    def operator_file(self) -> Path:
+        """The operator's name and key fingerprint (JSON), written next to the key."""
+        return self.root / "operator.json"
+
+    @property
+    def journal_db(self) -> Path:
+        """The operator journal (SQLite, WAL, append-only, hash-chained, signed)."""
+        return self.root / "journal.db"

@@ -1,0 +1,49 @@
+"""One registry of actions per screen. Bindings, the `?` help and the command palette all come
+from here, so they cannot drift apart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.binding import Binding
+
+
+@dataclass(frozen=True)
+class Action:
+    id: str
+    key: str
+    action: str
+    description: str
+    tooltip: str
+    show: bool = True
+    priority: bool = False
+    key_display: str | None = None
+
+
+def bindings(actions: list[Action]) -> list[Binding]:
+    return [Binding(a.key, a.action, a.description, show=a.show, priority=a.priority, id=a.id,
+                    tooltip=a.tooltip, key_display=a.key_display) for a in actions]
+
+
+APP = [
+    Action("app.help", "question_mark", "help", "Help", "Show every key on this screen", key_display="?"),
+    Action("app.quit", "q", "quit", "Quit", "Leave fieldkit (simulated devices of the demo stop)"),
+]
+
+FLEET = [
+    Action("fleet.open", "enter", "open_device", "Open", "Live health of the selected device", priority=True),
+    Action("fleet.refresh", "r", "refresh", "Refresh", "Check every device now"),
+    Action("fleet.filter", "slash", "filter", "Filter", "Show only devices matching text", key_display="/"),
+    Action("fleet.add", "a", "add_device", "Add", "Add a device to the inventory"),
+    Action("fleet.remove", "x", "remove_device", "Remove", "Remove the selected device from the inventory"),
+    Action("fleet.trust", "t", "trust_device", "Trust", "Check and pin the selected device's SSH host key"),
+    Action("fleet.clear_filter", "escape", "clear_filter", "Clear filter", "Show all devices again", show=False),
+]
+
+DEVICE = [
+    Action("device.back", "escape", "back", "Back", "Stop polling, close the link and return to the fleet"),
+    Action("device.pause", "space", "toggle_pause", "Pause", "Pause or resume live polling"),
+    Action("device.refresh", "r", "poll_now", "Refresh", "Poll the device now"),
+    Action("device.faster", "plus", "faster", "Faster", "Poll more often", key_display="+"),
+    Action("device.slower", "minus", "slower", "Slower", "Poll less often", key_display="-"),
+]

@@ -1,0 +1,139 @@
+"""The fieldkit TUI. Built by :func:`build_app` (tests call it too); every device operation is
+a fieldkit core call made from a thread worker."""
+
+from __future__ import annotations
+
+import os
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from textual import work
+from textual.app import App, SystemCommand
+from textual.screen import Screen
+
+from screens.actions import APP, bindings
+
+
+class FieldkitApp(App[None]):
+    CSS_PATH = "fieldkit.tcss"
+    TITLE = "fieldkit"
+    BINDINGS = bindings(APP)
+
+    def __init__(self, home: Any, *, fleet_refresh_s: float = 10.0, ready_marker: Path | None = None) -> None:
+        super().__init__()
+        self.home = home
+        self.fleet_refresh_s = fleet_refresh_s
+        self.ready_marker = ready_marker
+        self._started = time.monotonic()
+
+    def on_mount(self) -> None:
+        from screens.fleet import FleetScreen
+
+        self.sub_title = str(self.home.root)
+        self.push_screen(FleetScreen(self.home, refresh_s=self.fleet_refresh_s))
+        if self.ready_marker is not None:
+            self.call_after_refresh(self._mark_ready)
+
+    def _mark_ready(self) -> None:
+        """Used by scripts/bench/tui_startup.py: the first screen is painted with devices listed."""
+        assert self.ready_marker is not None
+        self.ready_marker.write_text(f"{time.time():.6f}\n")
+        self.exit()
+
+    # ---- help and the command palette, both from the live bindings --------------------------------
+    def _screen_actions(self, screen: Screen) -> list[tuple[str, str, str, str, Any]]:
+        rows = []
+        seen = set()
+        for key, active in screen.active_bindings.items():
+            b = active.binding
+            if b.action in seen or not active.enabled:
+                continue
+            seen.add(b.action)
+            rows.append((b.key_display or self.get_key_display(b), b.description, b.tooltip or "", b.action, active.node))
+        return rows
+
+    def action_help(self) -> None:
+        from screens.modals import HelpModal
+
+        screen = self.screen
+        if isinstance(screen, HelpModal):
+            return
+        rows = [(k, d, t) for k, d, t, _, _ in self._screen_actions(screen)]
+        self.push_screen(HelpModal(screen.title or screen.id or "fieldkit", rows))
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        for key, desc, tip, action, node in self._screen_actions(screen):
+            if action in ("command_palette",):
+                continue
+            yield SystemCommand(f"{desc} ({key})", tip or desc, partial(self.run_action, action, node))
+        yield from super().get_system_commands(screen)
+
+    # ---- host keys: one place for the trust dialogs ------------------------------------------------
+    def ask_host_key(self, device: str, target: str, exc: Any, on_trusted: Callable[[], None] | None = None) -> None:
+        from screens.modals import ChangedKeyModal, TrustModal
+
+        if exc.changed:
+            self.push_screen(ChangedKeyModal(device, exc.message))
+            return
+
+        def decided(accept: bool | None) -> None:
+            if accept:
+                self.pin_host_key(device, target, exc.fingerprint, on_trusted)
+            else:
+                self.notify(f"{device}: host key not trusted; nothing was saved", severity="warning")
+
+        self.push_screen(TrustModal(device, exc.host, exc.key_type, exc.fingerprint), decided)
+
+    @work(thread=True, group="trust")
+    def pin_host_key(self, device: str, target: str, fingerprint: str, on_trusted: Callable[[], None] | None) -> None:
+        from fieldkit.errors import FieldkitError
+        from fieldkit.link.hostkeys import trust
+        from fieldkit.link.targets import parse_target
+
+        try:
+            res = trust(self.home, parse_target(target), fingerprint=fingerprint)
+        except FieldkitError as exc:
+            self.call_from_thread(self.notify, str(exc), title="Not trusted", severity="error", timeout=10)
+            return
+        self.call_from_thread(self.notify, f"{device}: {res.key_type} {res.fingerprint} pinned", title="Trusted")
+        if on_trusted:
+            self.call_from_thread(on_trusted)
+
+    @work(thread=True, group="trust")
+    def check_host_key(self, device: str) -> None:
+        from fieldkit.errors import FieldkitError, HostKeyError
+        from fieldkit.link.connect import resolve
+        from fieldkit.link.hostkeys import fetch_host_key, KnownHosts
+        from fieldkit.link.targets import SshTarget, parse_target
+
+        try:
+            dev = resolve(device, self.home)
+            target = parse_target(dev.target)
+            if not isinstance(target, SshTarget):
+                self.call_from_thread(self.notify, f"{device} is not an SSH device: no host key", timeout=4)
+                return
+            key_type, fp, pkey = fetch_host_key(target, self.home, connect_timeout=10.0)
+            from fieldkit.link.ssh import resolve_ssh_target
+
+            res = resolve_ssh_target(target)
+            KnownHosts.load(self.home).check(res.known_hosts_name, pkey, display=str(target), target=str(target))
+        except HostKeyError as exc:
+            self.call_from_thread(self.ask_host_key, device, dev.target, exc)
+            return
+        except FieldkitError as exc:
+            self.call_from_thread(self.notify, str(exc), title=device, severity="error", timeout=8)
+            return
+        self.call_from_thread(self.notify, f"{device}: host key {fp} is already trusted", title="Trusted")
+
+
+def build_app(home: Any, **kw: Any) -> FieldkitApp:
+    return FieldkitApp(home, **kw)
+
+
+def run(home: Any) -> int:
+    marker = os.environ.get("FIELDKIT_TUI_READY_FILE")
+    app = build_app(home.ensure(), ready_marker=Path(marker) if marker else None)
+    app.run(headless=bool(marker))
+    return 0

@@ -1,0 +1,261 @@
+"""Device health, live: polled every 2 s (adjustable, pausable), sparklines, checks, and an
+honest account of a link that drops (stale values, reconnect with backoff)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Sparkline, Static
+
+from screens.actions import DEVICE, bindings
+from screens.fleet import STATUS_STYLE
+
+INTERVALS = [0.5, 1.0, 2.0, 5.0, 10.0, 30.0]
+BACKOFF = [1.0, 2.0, 4.0, 8.0, 15.0]
+
+
+class Sample(Message):
+    def __init__(self, report: Any) -> None:
+        super().__init__()
+        self.report = report
+
+
+class LinkDown(Message):
+    def __init__(self, reason: str, exc: Exception | None, retry_in: float) -> None:
+        super().__init__()
+        self.reason, self.exc, self.retry_in = reason, exc, retry_in
+
+
+class DeviceScreen(Screen):
+    BINDINGS = bindings(DEVICE)
+    AUTO_FOCUS = "#checks"
+
+    def __init__(self, home: Any, name: str, interval: float = 2.0) -> None:
+        super().__init__(id="device")
+        self.home = home
+        self.device = name
+        self.interval = interval
+        self.paused = False
+        self.link: Any = None
+        self.dev: Any = None
+        self.connected = False
+        self.failures = 0
+        self.last_ok: float | None = None
+        self.cpu: deque[float] = deque(maxlen=90)
+        self.mem: deque[float] = deque(maxlen=90)
+        self.temp: deque[float] = deque(maxlen=90)
+        self.stop_event = threading.Event()
+        self._timer: Any = None
+        self.polling = False
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=True)
+        yield Static(f"{self.device}: connecting…", id="banner", classes="connecting")
+        with Horizontal(id="sparks"):
+            for key, label in (("cpu", "CPU %"), ("mem", "Memory %"), ("temp", "Hottest °C")):
+                with Vertical(classes="spark-box"):
+                    yield Static(label, id=f"{key}-label", classes="spark-label")
+                    yield Sparkline([], id=f"{key}-spark", summary_function=max)
+        with Horizontal(id="body"):
+            table: DataTable = DataTable(id="checks", cursor_type="row", zebra_stripes=True)
+            table.add_column("Check", key="name")
+            table.add_column("Status", key="status")
+            table.add_column("Detail", key="detail")
+            yield table
+            yield Static("", id="info")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = self.device
+        self.poll()
+
+    # ---- polling: one worker at a time, re-armed after each completes ----------------------------
+    def schedule(self, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        self._timer = self.set_timer(delay, self.poll)
+
+    def poll(self) -> None:
+        if self.stop_event.is_set() or self.polling:
+            return
+        if self.paused and self.connected:
+            return
+        self.polling = True
+        self.poll_worker()
+
+    @work(thread=True, exclusive=True, group="device-poll")
+    def poll_worker(self) -> None:
+        from fieldkit.errors import FieldkitError
+        from fieldkit.health import measure, report_from
+        from fieldkit.link.connect import connect, resolve
+
+        try:
+            if self.dev is None:
+                self.dev = resolve(self.device, self.home)
+            if self.link is None or self.link.closed:
+                self.link = connect(self.dev, self.home, timeout=10.0, dead_after_s=5.0)
+            raw, offset = measure(self.link, self.dev.profile, timeout=10.0, cancel=self.stop_event)
+            self.post_message(Sample(report_from(self.dev.name, self.dev.target, self.dev.profile, raw, offset)))
+        except FieldkitError as exc:
+            if self.link is not None:
+                self.link.close()
+                self.link = None
+            delay = BACKOFF[min(self.failures, len(BACKOFF) - 1)]
+            self.post_message(LinkDown(str(exc).splitlines()[0], exc, delay))
+
+    @on(Sample)
+    def _sample(self, message: Sample) -> None:
+        self.polling = False
+        if self.stop_event.is_set():
+            return
+        r = message.report
+        was_down = not self.connected and self.failures > 0
+        self.connected, self.failures, self.last_ok = True, 0, time.time()
+        self.remove_class("stale")
+        banner = self.query_one("#banner", Static)
+        banner.set_classes("ok" if r.status == "ok" else r.status)
+        state = "paused" if self.paused else f"every {self.interval:g} s"
+        banner.update(f"{self.device}  {STATUS_STYLE.get(r.status, r.status)}   {r.target}   "
+                      f"updated {time.strftime('%H:%M:%S')} ({state})")
+        if was_down:
+            self.notify(f"{self.device} is back", title="Reconnected")
+        raw = r.raw
+        cpu = (raw.get("cpu") or {}).get("percent")
+        mem = (raw.get("memory") or {}).get("used_percent")
+        temps = [z["temp_c"] for z in raw.get("temperatures") or []]
+        for key, series, value, fmt in (("cpu", self.cpu, cpu, "CPU {:.0f} %"), ("mem", self.mem, mem, "Memory {:.0f} %"),
+                                        ("temp", self.temp, max(temps) if temps else None, "Hottest {:.1f} °C")):
+            if value is not None:
+                series.append(value)
+                self.query_one(f"#{key}-spark", Sparkline).data = list(series)
+                self.query_one(f"#{key}-label", Static).update(fmt.format(value))
+            elif key == "temp":
+                self.query_one("#temp-label", Static).update("Temperature: not available")
+        self.update_checks(r.checks)
+        self.update_info(r)
+        if not self.paused:
+            self.schedule(self.interval)
+
+    def update_checks(self, checks: list[Any]) -> None:
+        table = self.query_one("#checks", DataTable)
+        with self.app.batch_update():
+            seen = set()
+            for c in checks:
+                seen.add(c.name)
+                status = STATUS_STYLE.get(c.status, f"[dim]{c.status}[/]")
+                if c.name in table.rows:
+                    table.update_cell(c.name, "status", status)
+                    table.update_cell(c.name, "detail", c.message, update_width=True)
+                else:
+                    table.add_row(c.name, status, c.message, key=c.name)
+            for key in [k for k in table.rows if str(k.value) not in seen]:
+                table.remove_row(key)
+
+    def update_info(self, r: Any) -> None:
+        from fieldkit.textfmt import human_bytes, human_duration
+
+        raw = r.raw
+        rt = raw.get("runtime") or {}
+        agent = raw.get("agent") or {}
+        mem = raw.get("memory") or {}
+        thr = raw.get("throttling") or {}
+        svc = raw.get("service") or {}
+        lines = [
+            f"[b]{raw.get('hostname')}[/]  {raw.get('os')}",
+            f"kernel {raw.get('kernel')} ({raw.get('machine')})",
+            f"profile {r.profile}",
+            f"uptime {human_duration(raw.get('uptime_s'))}",
+            f"clock offset {r.clock_offset_s:+.2f} s" if r.clock_offset_s is not None else "clock offset n/a",
+            "",
+            f"memory {human_bytes(mem.get('available'))} free of {human_bytes(mem.get('total'))}",
+            f"swap {human_bytes(mem.get('swap_used'))} of {human_bytes(mem.get('swap_total'))}",
+            f"throttle source: {thr.get('source') or 'not available'}",
+            "",
+            f"Python {rt.get('python')}",
+            f"onnxruntime {rt.get('onnxruntime') or 'not installed'}",
+            f"providers {', '.join(rt.get('providers') or []) or '-'}",
+            f"agent {agent.get('version')} (protocol {agent.get('protocol')})",
+        ]
+        if svc:
+            lines.append(f"service {svc.get('unit')}: {svc.get('state')}")
+        self.query_one("#info", Static).update("\n".join(lines))
+
+    @on(LinkDown)
+    def _link_down(self, message: LinkDown) -> None:
+        from fieldkit.errors import HostKeyError
+
+        self.polling = False
+        if self.stop_event.is_set():
+            return
+        self.failures += 1
+        self.connected = False
+        self.add_class("stale")
+        banner = self.query_one("#banner", Static)
+        banner.set_classes("down")
+        since = (f"values below are from {time.strftime('%H:%M:%S', time.localtime(self.last_ok))}"
+                 if self.last_ok else "no values yet")
+        if isinstance(message.exc, HostKeyError):
+            banner.update(f"{self.device}: NOT CONNECTED — host key not trusted")
+            self.app.ask_host_key(self.device, self.dev.target if self.dev else self.device, message.exc,
+                                  on_trusted=self.poll_now_after_trust)
+            return
+        banner.update(f"{self.device}: DISCONNECTED — {message.reason}\n"
+                      f"{since}; reconnecting in {message.retry_in:g} s (attempt {self.failures})")
+        self.schedule(message.retry_in)
+
+    def poll_now_after_trust(self) -> None:
+        self.failures = 0
+        self.schedule(0.01)
+
+    # ---- actions ------------------------------------------------------------------------------------
+    def action_back(self) -> None:
+        self.stop_event.set()
+        if self._timer is not None:
+            self._timer.stop()
+        link = self.link
+        self.link = None
+        if link is not None:
+            threading.Thread(target=link.close, daemon=True).start()
+        self.notify(f"stopped polling {self.device}; link closed, nothing left running on the device",
+                    timeout=3)
+        self.app.pop_screen()
+
+    def action_toggle_pause(self) -> None:
+        self.paused = not self.paused
+        if self.paused:
+            if self._timer is not None:
+                self._timer.stop()
+            self.notify("live polling paused (space resumes)", timeout=2)
+        else:
+            self.notify(f"polling every {self.interval:g} s", timeout=2)
+            self.poll()
+
+    def action_poll_now(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        self.poll()
+
+    def _step(self, direction: int) -> None:
+        i = min(range(len(INTERVALS)), key=lambda j: abs(INTERVALS[j] - self.interval))
+        self.interval = INTERVALS[max(0, min(len(INTERVALS) - 1, i + direction))]
+        self.notify(f"polling every {self.interval:g} s", timeout=2)
+
+    def action_faster(self) -> None:
+        self._step(-1)
+
+    def action_slower(self) -> None:
+        self._step(+1)
+
+    def on_unmount(self) -> None:
+        self.stop_event.set()
+        if self.link is not None:
+            link, self.link = self.link, None
+            threading.Thread(target=link.close, daemon=True).start()

@@ -1,0 +1,290 @@
+"""Fleet: every inventory device, refreshed concurrently, updated cell by cell."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input, Static
+
+from screens.actions import FLEET, bindings
+
+COLUMNS = [("device", "Device"), ("transport", "Link"), ("profile", "Profile"), ("status", "Health"),
+           ("cpu", "CPU"), ("mem", "Mem"), ("temp", "Temp"), ("agent", "Agent"), ("seen", "Last seen"),
+           ("note", "Note")]
+
+STATUS_STYLE = {"ok": "[green]ok[/]", "warn": "[yellow bold]WARN[/]", "crit": "[red bold]CRIT[/]",
+                "unreachable": "[magenta bold]DOWN[/]", "checking": "[dim]checking…[/]"}
+
+
+@dataclass
+class Row:
+    name: str
+    target: str
+    profile: str
+    transport: str
+    cells: dict[str, str]
+
+
+class DeviceChecked(Message):
+    def __init__(self, report: Any) -> None:
+        super().__init__()
+        self.report = report
+
+
+class RefreshDone(Message):
+    pass
+
+
+def transport_of(target: str) -> str:
+    if target.startswith("serial:"):
+        return "serial"
+    if target.startswith("local:"):
+        return "local"
+    return "ssh"
+
+
+class FleetScreen(Screen):
+    BINDINGS = bindings(FLEET)
+    TITLE = "Fleet"
+    AUTO_FOCUS = "#devices"
+
+    def __init__(self, home: Any, refresh_s: float = 10.0) -> None:
+        super().__init__(id="fleet")
+        self.home = home
+        self.refresh_s = refresh_s
+        self.rows: dict[str, Row] = {}
+        self.filter_text = ""
+        self.alerted: set[str] = set()  # devices whose host-key dialog was already shown
+        self._timer: Any = None
+        self.refreshing = False
+        self.again = False
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=True)
+        yield Input(placeholder="filter devices (Esc clears)", id="filter", classes="hidden", disabled=True)
+        table: DataTable = DataTable(id="devices", cursor_type="row", zebra_stripes=True)
+        for key, label in COLUMNS:
+            table.add_column(label, key=key)
+        yield table
+        yield Static("", id="fleet-status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.load_inventory()
+        self.action_refresh()
+
+    # ---- inventory -------------------------------------------------------------------------------
+    def load_inventory(self) -> None:
+        from fieldkit.errors import FieldkitError
+        from fieldkit.inventory import load_inventory
+
+        try:
+            devices = load_inventory(self.home)
+        except FieldkitError as exc:
+            self.notify(str(exc), title="Inventory", severity="error", timeout=10)
+            devices = []
+        names = set()
+        for d in devices:
+            names.add(d.name)
+            if d.name not in self.rows:
+                self.rows[d.name] = Row(d.name, d.target, d.profile, transport_of(d.target),
+                                        {"status": STATUS_STYLE["checking"]})
+        for gone in set(self.rows) - names:
+            del self.rows[gone]
+        self.rebuild_table()
+
+    def visible(self, row: Row) -> bool:
+        f = self.filter_text.lower()
+        return not f or any(f in s.lower() for s in (row.name, row.target, row.profile, row.transport))
+
+    def rebuild_table(self) -> None:
+        """Only when the set of rows changes (inventory edit, filter); ticks update cells."""
+        table = self.query_one("#devices", DataTable)
+        table.clear()
+        for row in self.rows.values():
+            if self.visible(row):
+                table.add_row(*self.cells_for(row), key=row.name)
+        n = len(self.rows)
+        shown = table.row_count
+        status = f"{n} device(s)" + (f", {shown} shown (filter: {self.filter_text!r})" if shown != n else "")
+        if n == 0:
+            status = "No devices yet: press a to add one, or run `fieldkit sim` / `fieldkit demo`."
+        self.query_one("#fleet-status", Static).update(status)
+
+    def cells_for(self, row: Row) -> list[str]:
+        base = {"device": row.name, "transport": row.transport, "profile": row.profile}
+        return [base.get(k) or row.cells.get(k, "") for k, _ in COLUMNS]
+
+    # ---- refresh ----------------------------------------------------------------------------------
+    def action_refresh(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        if self.refreshing:
+            self.again = True  # asked during a refresh (e.g. a key was just trusted): run once more
+            return
+        self.refreshing = True
+        self.again = False
+        self.refresh_all(list(self.rows))
+
+    @work(thread=True, exclusive=True, group="fleet-refresh")
+    def refresh_all(self, names: list[str]) -> None:
+        from fieldkit.health import check_device
+
+        if names:
+            with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
+                futures = [pool.submit(check_device, n, self.home, timeout=10.0) for n in names]
+                for fut in as_completed(futures):
+                    try:
+                        self.post_message(DeviceChecked(fut.result()))
+                    except Exception as exc:  # a core bug must not kill the refresh loop
+                        self.app.call_from_thread(self.notify, f"health check failed: {exc}", severity="error")
+        self.post_message(RefreshDone())
+
+    @on(RefreshDone)
+    def _refresh_done(self) -> None:
+        self.refreshing = False
+        self._timer = self.set_timer(0.01 if self.again else self.refresh_s, self.action_refresh)
+
+    @on(DeviceChecked)
+    def _device_checked(self, message: DeviceChecked) -> None:
+        r = message.report
+        row = self.rows.get(r.device)
+        if row is None:
+            return
+        cells = row.cells
+        cells["status"] = STATUS_STYLE.get(r.status, r.status)
+        if r.error:
+            cells["note"] = f"[magenta]{_first_line(r.error)}[/]"
+            for k in ("cpu", "mem", "temp"):
+                if cells.get(k) and not cells[k].startswith("[dim]"):
+                    cells[k] = f"[dim]{cells[k]}[/]"  # stale: last known value
+        else:
+            raw = r.raw
+            cpu = (raw.get("cpu") or {}).get("percent")
+            mem = (raw.get("memory") or {}).get("used_percent")
+            temps = [z["temp_c"] for z in raw.get("temperatures") or []]
+            cells["cpu"] = "-" if cpu is None else f"{cpu:.0f} %"
+            cells["mem"] = "-" if mem is None else f"{mem:.0f} %"
+            cells["temp"] = f"{max(temps):.0f} °C" if temps else "n/a"
+            cells["agent"] = (raw.get("agent") or {}).get("version", "")
+            cells["seen"] = time.strftime("%H:%M:%S", time.localtime(r.measured_at))
+            bad = [c for c in r.checks if c.status in ("warn", "crit")]
+            cells["note"] = _first_line(bad[0].message) if bad else ""
+        table = self.query_one("#devices", DataTable)
+        if r.device in table.rows:
+            with self.app.batch_update():
+                for key in ("status", "cpu", "mem", "temp", "agent", "seen", "note"):
+                    table.update_cell(r.device, key, cells.get(key, ""), update_width=True)
+        self.handle_host_key(r)
+
+    def handle_host_key(self, report: Any) -> None:
+        from fieldkit.errors import HostKeyError
+
+        exc = report.exception
+        if not isinstance(exc, HostKeyError) or report.device in self.alerted:
+            return
+        self.alerted.add(report.device)
+        self.app.ask_host_key(report.device, report.target, exc, on_trusted=self.action_refresh)
+
+    # ---- actions ----------------------------------------------------------------------------------
+    def selected(self) -> str | None:
+        table = self.query_one("#devices", DataTable)
+        if table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+        return str(key.value)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("open_device", "remove_device", "trust_device"):
+            return None if self.selected() is None else True  # greyed out with no selection
+        return True
+
+    @on(DataTable.RowSelected, "#devices")
+    def action_open_device(self) -> None:
+        name = self.selected()
+        if name is None:
+            return
+        from screens.device import DeviceScreen
+
+        self.app.push_screen(DeviceScreen(self.home, name))
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.disabled = False
+        box.remove_class("hidden")
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value.strip()
+        self.rebuild_table()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self) -> None:
+        self.query_one("#devices", DataTable).focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.value = ""
+        box.add_class("hidden")
+        box.disabled = True
+        self.filter_text = ""
+        self.rebuild_table()
+        self.query_one("#devices", DataTable).focus()
+
+    def action_add_device(self) -> None:
+        from fieldkit.profiles import list_profiles
+        from screens.modals import AddDeviceModal
+
+        names = [p.name for p in list_profiles(self.home) if not p.error]
+
+        def added(dev: Any) -> None:
+            if dev is not None:
+                self.notify(f"added {dev.name} → {dev.target} ({dev.profile})", title="Inventory")
+                self.load_inventory()
+                self.action_refresh()
+
+        self.app.push_screen(AddDeviceModal(self.home, names), added)
+
+    def action_remove_device(self) -> None:
+        name = self.selected()
+        if name is None:
+            return
+        from screens.modals import ConfirmModal
+
+        def confirmed(ok: bool | None) -> None:
+            if not ok:
+                return
+            from fieldkit.errors import FieldkitError
+            from fieldkit.inventory import remove_device
+
+            try:
+                remove_device(self.home, name)
+            except FieldkitError as exc:
+                self.notify(str(exc), severity="error")
+                return
+            self.notify(f"removed {name} from the inventory (nothing changed on the device)")
+            self.load_inventory()
+
+        self.app.push_screen(ConfirmModal(f"Remove {name} from the inventory?",
+                                          "Only this laptop's list changes; the device is not touched."), confirmed)
+
+    def action_trust_device(self) -> None:
+        name = self.selected()
+        if name is None:
+            return
+        self.alerted.discard(name)
+        self.app.check_host_key(name)
+
+
+def _first_line(text: str, limit: int = 70) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -1,0 +1,161 @@
+"""Modal dialogs: host-key trust, changed host key, confirmation, add device, help."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, DataTable, Input, Label, Select, Static
+
+
+class TrustModal(ModalScreen[bool]):
+    """An unknown SSH host: show what it presents, let the technician accept or decline."""
+
+    BINDINGS = [Binding("escape", "decline", "Decline", id="trust.decline", tooltip="Do not trust this key"),
+                Binding("y", "accept", "Trust", id="trust.accept", tooltip="Pin this host key")]
+
+    def __init__(self, device: str, host: str, key_type: str, fingerprint: str) -> None:
+        super().__init__(classes="dialog-screen")
+        self.device, self.host, self.key_type, self.fingerprint = device, host, key_type, fingerprint
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog", classes="trust"):
+            yield Label(f"Unknown device: {self.device}", classes="title")
+            yield Static(f"Host          {self.host}\nKey type      {self.key_type}\n"
+                         f"Fingerprint   {self.fingerprint}", id="fingerprint")
+            yield Static("Compare the fingerprint with the device's label or its console "
+                         "(`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`). Trust it only if they match.",
+                         classes="explain")
+            with Horizontal(classes="buttons"):
+                yield Button("Trust (y)", id="accept", variant="success")
+                yield Button("Decline (Esc)", id="decline", variant="default")
+
+    @on(Button.Pressed, "#accept")
+    def action_accept(self) -> None:
+        self.dismiss(True)
+
+    @on(Button.Pressed, "#decline")
+    def action_decline(self) -> None:
+        self.dismiss(False)
+
+
+class ChangedKeyModal(ModalScreen[None]):
+    """A changed host key: loud, red, and no way to accept it from here."""
+
+    BINDINGS = [Binding("escape", "close", "Close", id="changed.close", tooltip="Close this warning")]
+
+    def __init__(self, device: str, message: str) -> None:
+        super().__init__(classes="dialog-screen")
+        self.device, self.message = device, message
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog", classes="danger"):
+            yield Label(f"HOST KEY CHANGED: {self.device}", classes="title")
+            yield Static(self.message, id="changed-message")
+            yield Static("Someone may be intercepting the connection, or the device was reflashed. "
+                         "fieldkit will not connect. If the device was reflashed, check the new "
+                         "fingerprint on its console, then run `fieldkit trust --replace TARGET`.",
+                         classes="explain")
+            with Horizontal(classes="buttons"):
+                yield Button("Close (Esc)", id="close", variant="error")
+
+    @on(Button.Pressed, "#close")
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class ConfirmModal(ModalScreen[bool]):
+    BINDINGS = [Binding("escape", "no", "Cancel", id="confirm.no", tooltip="Keep things as they are"),
+                Binding("y", "yes", "Yes", id="confirm.yes", tooltip="Go ahead")]
+
+    def __init__(self, question: str, detail: str = "") -> None:
+        super().__init__(classes="dialog-screen")
+        self.question, self.detail = question, detail
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(self.question, classes="title")
+            if self.detail:
+                yield Static(self.detail, classes="explain")
+            with Horizontal(classes="buttons"):
+                yield Button("Yes (y)", id="yes", variant="warning")
+                yield Button("Cancel (Esc)", id="no")
+
+    @on(Button.Pressed, "#yes")
+    def action_yes(self) -> None:
+        self.dismiss(True)
+
+    @on(Button.Pressed, "#no")
+    def action_no(self) -> None:
+        self.dismiss(False)
+
+
+class AddDeviceModal(ModalScreen[Any]):
+    """Name, target and profile; validated by the same core call the CLI uses before saving."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="add.cancel", tooltip="Close without saving")]
+
+    def __init__(self, home: Any, profiles: list[str]) -> None:
+        super().__init__(classes="dialog-screen")
+        self.home = home
+        self.profiles = profiles
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label("Add a device", classes="title")
+            yield Input(placeholder="name, e.g. line3-cam", id="name")
+            yield Input(placeholder="target: ssh://user@10.0.0.7, serial:///dev/ttyUSB0?baud=115200, local:", id="target")
+            yield Select([(p, p) for p in self.profiles], value="generic-linux" if "generic-linux" in self.profiles
+                         else self.profiles[0], allow_blank=False, id="profile")
+            yield Static("", id="error", classes="error")
+            with Horizontal(classes="buttons"):
+                yield Button("Save", id="save", variant="success")
+                yield Button("Cancel (Esc)", id="cancel")
+
+    @on(Input.Submitted)
+    @on(Button.Pressed, "#save")
+    def save(self) -> None:
+        from fieldkit.errors import FieldkitError
+        from fieldkit.inventory import add_device
+
+        name = self.query_one("#name", Input).value.strip()
+        target = self.query_one("#target", Input).value.strip()
+        profile = str(self.query_one("#profile", Select).value)
+        try:
+            dev = add_device(self.home, name, target, profile=profile)
+        except FieldkitError as exc:
+            self.query_one("#error", Static).update(str(exc))
+            return
+        self.dismiss(dev)
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class HelpModal(ModalScreen[None]):
+    """Generated from the live bindings of the screen underneath: never out of date."""
+
+    BINDINGS = [Binding("escape,question_mark,q", "close", "Close", id="help.close", tooltip="Close help")]
+
+    def __init__(self, title: str, rows: list[tuple[str, str, str]]) -> None:
+        super().__init__(classes="dialog-screen")
+        self.title_text = title
+        self.rows = rows
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog", classes="help"):
+            yield Label(f"Keys: {self.title_text}", classes="title")
+            table: DataTable = DataTable(show_cursor=False, id="help-table")
+            table.add_columns("Key", "Action", "What it does")
+            for row in self.rows:
+                table.add_row(*row)
+            yield table
+            yield Static("Ctrl+P opens the command palette with the same actions.", classes="explain")
+
+    def action_close(self) -> None:
+        self.dismiss(None)
