@@ -48,8 +48,8 @@ class FieldkitApp(App[None]):
         seen = set()
         for key, active in screen.active_bindings.items():
             b = active.binding
-            if b.action in seen or not active.enabled:
-                continue
+            if b.action in seen or not active.enabled or not b.id:
+                continue  # only the registry's actions (widget navigation keys stay out of the way)
             seen.add(b.action)
             rows.append((b.key_display or self.get_key_display(b), b.description, b.tooltip or "", b.action, active.node))
         return rows
