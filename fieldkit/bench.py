@@ -530,8 +530,8 @@ class BenchReport:
         )
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:40] or "x"
+def _slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:limit].rstrip("-.") or "x"
 
 
 def report_path(home: Any, report_id: str) -> Path:
@@ -640,7 +640,7 @@ def _max_temp(doc: dict) -> float | None:
     return max(temps) if temps else None
 
 
-# (label, getter, unit, lower_is_better or None for text)
+# (label, getter, unit, lower_is_better: None when neither is better, e.g. text, thread count)
 _COMPARE: list[tuple[str, Callable[[dict], Any], str, bool | None]] = [
     ("device", lambda d: d.get("device"), "", None),
     ("profile", lambda d: d.get("profile"), "", None),
@@ -681,10 +681,10 @@ def compare(a: BenchReport | dict, b: BenchReport | dict) -> list[CompareRow]:
         va, vb = get(da), get(db)
         row = CompareRow(label, va, vb, unit)
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (va, vb))
-        if numeric and lower_better is not None:
+        if numeric:
             if va:
                 row.delta_pct = round(100.0 * (vb - va) / va, 2)
-            if va != vb:
+            if va != vb and lower_better is not None:
                 row.better = ("a" if va < vb else "b") if lower_better else ("a" if va > vb else "b")
         rows.append(row)
     return rows
@@ -735,8 +735,11 @@ def _prepare_model(link: Any, spec: ModelSpec, profile: Any, cache: str, progres
                    cancel: threading.Event | None) -> dict:
     if spec.kind == "installed":
         _emit(progress, phase="resolve", message=f"finding installed model {spec.label} on the device")
-        found = link.call("bench_model", {"models_dir": profile.paths.models, "name": spec.name,
-                                          "version": spec.version}, cancel=cancel)
+        try:
+            found = link.call("bench_model", {"models_dir": profile.paths.models, "name": spec.name,
+                                              "version": spec.version}, cancel=cancel)
+        except DeviceError as exc:
+            raise DeviceError(f"{link.name}: {_device_message(exc)}", code=exc.code, hint=_HINTS.get(exc.code)) from None
         return {"name": spec.name, "version": found.get("version"), "source": "installed",
                 "path": found["path"], "device_path": found["path"], "sha256": None,
                 "size_bytes": found.get("size"), "uploaded": None, "release": found.get("release") or {}}
@@ -751,10 +754,14 @@ def _prepare_model(link: Any, spec: ModelSpec, profile: Any, cache: str, progres
     return model
 
 
-def _device_message(exc: DeviceError) -> str:
-    text = exc.message
-    marker = ": bench failed: "
-    return text.split(marker, 1)[1] if marker in text else text
+def _device_message(exc: DeviceError, model: dict | None = None) -> str:
+    """The agent's own words, without the link's "NAME: op failed:" prefix; a cached copy's
+    content-addressed name is replaced by the file name the technician gave."""
+    text = re.sub(r"^.*?: [a-z_]+ failed: ", "", exc.message, count=1)
+    if model and model.get("source") in ("file", "dir") and model.get("sha256"):
+        local = Path(str(model.get("path"))).name
+        text = re.sub(r"[^\s(]*" + re.escape(posixpath.basename(model["device_path"])), local, text)
+    return text
 
 
 def _progress_relay(progress: ProgressFn | None, settings: BenchSettings, started: dict) -> ProgressFn:
@@ -844,7 +851,19 @@ def run_bench(link_or_dev: Any, model_spec: ModelSpec | str | Path, settings: Be
             raise DeviceError(f"{device}: the agent there (version {link.agent.get('agent_version')}) cannot run "
                               "benchmarks", code="unsupported",
                               hint="update the agent on the device (over SSH fieldkit pushes the current one)")
-        return _run(link, spec, settings, prof, device, target, use_case, uc, metric, budget, progress, cancel)
+        journal = getattr(link, "journal", None)
+        if journal is None:
+            from fieldkit.link.connect import journal_for
+
+            journal = journal_for(home)
+        with journal.operation(device, "bench.run", {"model": spec.label, "use_case": use_case,
+                                                     "budget_ms": budget, "settings": settings.agent_args()}) as op:
+            report = _run(link, spec, settings, prof, device, target, use_case, uc, metric, budget, progress, cancel)
+            lat = report.result.get("latency_ms") or {}
+            op.details.update(report_id=report.id, model_sha256=report.model.get("sha256"),
+                              verdict=report.verdict.status, reasons=report.verdict.reasons,
+                              runs=report.result.get("runs"), p50_ms=lat.get("p50"), p99_ms=lat.get("p99"))
+        return report
     finally:
         if own:
             link.close()
@@ -873,7 +892,10 @@ def _run(link: Any, spec: ModelSpec, settings: BenchSettings, prof: Any, device:
             break
         except Cancelled as exc:
             detail = str(exc).split(" cancelled: ", 1)[1] if " cancelled: " in str(exc) else ""
-            raise Cancelled(f"benchmark on {device} cancelled" + (f": {detail}" if detail else "")) from None
+            if not detail:
+                detail = ("the link closed before the device confirmed; the agent ends the benchmark process "
+                          "when its session ends")
+            raise Cancelled(f"benchmark on {device} cancelled: {detail}") from None
         except DeviceError as exc:
             if exc.code == "digest_mismatch" and model.get("uploaded") is False and attempt == 1:
                 # the cached copy on the device is damaged: replace it and run once more
@@ -883,7 +905,7 @@ def _run(link: Any, spec: ModelSpec, settings: BenchSettings, prof: Any, device:
                                           cancel=cancel))
                 model["recached"] = True
                 continue
-            raise DeviceError(f"{device}: the benchmark failed: {_device_message(exc)}", code=exc.code,
+            raise DeviceError(f"{device}: the benchmark failed: {_device_message(exc, model)}", code=exc.code,
                               hint=_HINTS.get(exc.code)) from None
     ran = dict(result.pop("started", None) or {})
     dev_model = result.get("model") or {}
@@ -917,7 +939,7 @@ def _run(link: Any, spec: ModelSpec, settings: BenchSettings, prof: Any, device:
              "machine": ran.get("machine"), "onnxruntime": result.get("onnxruntime"), "pid": ran.get("pid")}
     now = datetime.now(timezone.utc)
     report = BenchReport(
-        id=f"{now:%Y%m%d-%H%M%S}-{_slug(device)}-{_slug(spec.label)}",
+        id=f"{now:%Y%m%d-%H%M%S}-{_slug(device, 24)}-{_slug(spec.label)}",
         created_at=now.isoformat(timespec="seconds"),
         device=device, target=target, transport=getattr(link, "transport", ""), profile=prof.name,
         use_case=use_case, budget_ms=budget, metric=metric, model=model, settings=full_settings,

@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from fieldkit import cli_bench
     cli_bench.register(sub)
+    from fieldkit import cli_audit
+    cli_audit.register(sub)
     return p
 
 
@@ -94,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fieldkit import cli_bench
         handler = cli_bench.cmd_bench
     else:
-        handler = globals()[f"cmd_{args.cmd}"]
+        handler = getattr(args, "handler", None) or globals()[f"cmd_{args.cmd}"]
     try:
         return int(handler(args, home) or 0)
     except FieldkitError as exc:
@@ -245,12 +247,7 @@ def cmd_demo(args: argparse.Namespace, home: Home) -> int:
 
 # ---- trust ---------------------------------------------------------------------------------------
 def cmd_trust(args: argparse.Namespace, home: Home) -> int:
-    from fieldkit.link.connect import resolve
-    from fieldkit.link.hostkeys import trust
-    from fieldkit.link.targets import parse_target
-
-    dev = resolve(args.target, home)
-    target = parse_target(dev.target)
+    from fieldkit.link.connect import trust_device
 
     def confirm(host: str, key_type: str, fp: str) -> bool:
         print(f"{host} presents a {key_type} host key\n  fingerprint {fp}")
@@ -261,7 +258,7 @@ def cmd_trust(args: argparse.Namespace, home: Home) -> int:
         answer = input("Compare it with the device's label or console. Trust it? [y/N] ")
         return answer.strip().lower() in ("y", "yes")
 
-    result = trust(home, target, fingerprint=args.fingerprint, confirm=confirm, replace=args.replace)
+    result = trust_device(home, args.target, fingerprint=args.fingerprint, confirm=confirm, replace=args.replace)
     doc = result.as_dict()
     if args.json:
         _emit_json(doc)

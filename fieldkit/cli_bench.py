@@ -201,6 +201,7 @@ def cmd_bench_run(args: argparse.Namespace, home: Any, target: str, model_text: 
     show = ProgressLine(quiet=args.quiet)
     cancel = threading.Event()
     box: dict[str, Any] = {}
+    done = threading.Event()
 
     def work() -> None:
         try:
@@ -209,13 +210,17 @@ def cmd_bench_run(args: argparse.Namespace, home: Any, target: str, model_text: 
                                       connect_timeout=args.timeout)
         except BaseException as exc:  # handed to the main thread
             box["error"] = exc
+        finally:
+            done.set()
 
-    worker = threading.Thread(target=work, name="bench", daemon=True)
-    worker.start()
+    # The run happens in a worker so that Ctrl-C (KeyboardInterrupt, main thread only) can ask the
+    # device to stop and then wait for its answer. (Not Thread.join: an interrupted join can make
+    # is_alive() report a running thread as finished.)
+    threading.Thread(target=work, name="bench", daemon=True).start()
     interrupted = False
-    while worker.is_alive():
+    while not done.is_set():
         try:
-            worker.join(0.2)
+            done.wait(0.2)
         except KeyboardInterrupt:
             show.clear()
             if interrupted:

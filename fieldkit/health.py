@@ -223,11 +223,25 @@ def check_device(spec: str, home: Any, *, sample_s: float = 0.25, timeout: float
     try:
         with (connect or default_connect)(dev, home, timeout=timeout) as link:
             raw, offset = measure(link, dev.profile, sample_s=sample_s, timeout=timeout)
-        return report_from(dev.name, dev.target, dev.profile, raw, offset)
+        report = report_from(dev.name, dev.target, dev.profile, raw, offset)
+        record_health(link, report)
+        return report
     except FieldkitError as exc:
         return HealthReport(device=dev.name, target=dev.target, profile=dev.profile.name,
                             status="unreachable" if exc.exit_code == 3 else "crit",
                             error=str(exc), exit_code=exc.exit_code, exception=exc)
+
+
+def record_health(link: Any, report: HealthReport) -> None:
+    """Write a health check to the operator journal (through the link's journal seam)."""
+    journal = getattr(link, "journal", None)
+    if journal is None:
+        return
+    journal.record(report.device, "health.check", "ok", {
+        "status": report.status, "profile": report.profile,
+        "problems": [f"{c.name}: {c.message}" for c in report.checks if c.status in ("warn", "crit")],
+        "clock_offset_s": report.clock_offset_s,
+    })
 
 
 def check_many(specs: list[str], home: Any, *, max_workers: int = 8, **kw: Any) -> list[HealthReport]:

@@ -37,6 +37,7 @@ FLEET = [
     Action("fleet.add", "a", "add_device", "Add", "Add a device to the inventory"),
     Action("fleet.remove", "x", "remove_device", "Remove", "Remove the selected device from the inventory"),
     Action("fleet.trust", "t", "trust_device", "Trust", "Check and pin the selected device's SSH host key"),
+    Action("fleet.audit", "A", "audit", "Audit", "The operator journal: entries, verify, export, sync"),
     Action("fleet.clear_filter", "escape", "clear_filter", "Clear filter", "Show all devices again", show=False),
 ]
 
@@ -46,4 +47,20 @@ DEVICE = [
     Action("device.refresh", "r", "poll_now", "Refresh", "Poll the device now"),
     Action("device.faster", "plus", "faster", "Faster", "Poll more often", key_display="+"),
     Action("device.slower", "minus", "slower", "Slower", "Poll less often", key_display="-"),
+    Action("device.bench", "b", "bench", "Bench", "Benchmark a model on this device"),
+]
+
+BENCH = [
+    Action("bench.start", "ctrl+r", "start", "Start", "Start the benchmark with these settings"),
+    Action("bench.cancel", "escape", "cancel_or_back", "Cancel/Back",
+           "Cancel the running benchmark (the device process is stopped), or go back"),
+    Action("bench.compare", "c", "compare", "Compare", "Compare the two picked saved runs side by side"),
+]
+
+AUDIT = [
+    Action("audit.back", "escape", "cancel_or_back", "Cancel/Back", "Cancel the running export or sync, or go back"),
+    Action("audit.verify", "v", "verify", "Verify", "Check the hash chain, signatures and checkpoints"),
+    Action("audit.export", "e", "export", "Export", "Write a self-contained verifiable bundle file"),
+    Action("audit.sync", "s", "sync", "Sync", "Send pending entries to the receiver URL"),
+    Action("audit.reload", "r", "reload_entries", "Reload", "Read the journal again"),
 ]

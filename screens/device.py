@@ -55,6 +55,7 @@ class DeviceScreen(Screen):
         self.stop_event = threading.Event()
         self._timer: Any = None
         self.polling = False
+        self.suspended = False
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=True)
@@ -83,8 +84,19 @@ class DeviceScreen(Screen):
             self._timer.stop()
         self._timer = self.set_timer(delay, self.poll)
 
+    def on_screen_suspend(self) -> None:
+        """Another screen (bench, a dialog) is on top: stop polling so it measures alone."""
+        self.suspended = True
+        if self._timer is not None:
+            self._timer.stop()
+
+    def on_screen_resume(self) -> None:
+        if self.suspended:
+            self.suspended = False
+            self.poll()
+
     def poll(self) -> None:
-        if self.stop_event.is_set() or self.polling:
+        if self.stop_event.is_set() or self.polling or self.suspended:
             return
         if self.paused and self.connected:
             return
@@ -227,6 +239,11 @@ class DeviceScreen(Screen):
         self.notify(f"stopped polling {self.device}; link closed, nothing left running on the device",
                     timeout=3)
         self.app.pop_screen()
+
+    def action_bench(self) -> None:
+        from screens.bench import BenchScreen
+
+        self.app.push_screen(BenchScreen(self.home, self.device))
 
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused

@@ -277,6 +277,11 @@ class FleetScreen(Screen):
         self.app.push_screen(ConfirmModal(f"Remove {name} from the inventory?",
                                           "Only this laptop's list changes; the device is not touched."), confirmed)
 
+    def action_audit(self) -> None:
+        from screens.audit import AuditScreen
+
+        self.app.push_screen(AuditScreen(self.home))
+
     def action_trust_device(self) -> None:
         name = self.selected()
         if name is None:

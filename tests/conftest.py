@@ -13,7 +13,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 @pytest.fixture(autouse=True)
-def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Path:
     home = tmp_path / "fieldkit-home"
     monkeypatch.setenv("FIELDKIT_HOME", str(home))
     ssh_cfg = tmp_path / "ssh_config"
@@ -21,6 +21,12 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("FIELDKIT_SSH_CONFIG", str(ssh_cfg))
     monkeypatch.setenv("FIELDKIT_USER_KNOWN_HOSTS", str(tmp_path / "user_known_hosts"))
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    monkeypatch.delenv("FIELDKIT_SYNC_TOKEN", raising=False)
+    if request.node.get_closest_marker("no_identity") is None:
+        from fieldkit.journal import setup_operator
+        from fieldkit.locations import Home
+
+        setup_operator(Home(home), "test-technician")  # operations refuse to run without one
     return home
 
 

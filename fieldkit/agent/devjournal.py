@@ -32,7 +32,8 @@ from fieldkit.agent.protocol import RemoteError
 
 GENESIS = "0" * 64
 MAX_DETAILS = 64 * 1024        # bytes of canonical JSON per event
-READ_BUDGET = 512 * 1024       # bytes of entries per journal_read answer (frame headers are <= 1 MiB)
+READ_BUDGET = 256 * 1024       # bytes of entries per journal_read answer: headers are <= 1 MiB and
+                               # JSON escaping of non-ASCII text can triple the size
 _TAIL_BLOCK = 64 * 1024
 
 

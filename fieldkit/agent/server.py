@@ -663,8 +663,11 @@ class BenchProcess(object):
         self.killed_by_us = False
 
     def _drain_stderr(self):
-        for line in iter(self.proc.stderr.readline, b""):
-            self.stderr_tail.append(line.decode("utf-8", "replace").rstrip())
+        try:
+            for line in iter(self.proc.stderr.readline, b""):
+                self.stderr_tail.append(line.decode("utf-8", "replace").rstrip())
+        except (OSError, ValueError):
+            pass
 
     def _lines(self, should_stop):
         """Yield stdout lines; calls ``should_stop()`` about every 50 ms while waiting."""
@@ -792,6 +795,7 @@ class BenchProcess(object):
         finally:
             with _RUNNING_LOCK:
                 _RUNNING.discard(self.pgid)
+            self._err.join(2.0)
             for f in (self.proc.stdout, self.proc.stderr):
                 try:
                     f.close()

@@ -32,13 +32,50 @@ def resolve(spec: str, home: Home, profile: str | None = None) -> ResolvedDevice
     return ResolvedDevice(str(target), str(target), get_profile(profile or "generic-linux", home))
 
 
-def connect(dev: ResolvedDevice | str, home: Home, *, timeout: float = 15.0,
-            dead_after_s: float = 6.0) -> DeviceLink:
-    """Connect, start the agent if needed, handshake. Raises ConnectError / HostKeyError."""
-    from fieldkit.link.targets import LocalTarget, SerialTarget, SshTarget, parse_target
+_JOURNALS: dict[str, Any] = {}
+_JOURNALS_LOCK = threading.Lock()
 
+
+def journal_for(home: Home) -> Any:
+    """The operator journal of ``home``, opened once per process and shared by all threads.
+
+    This is the one seam through which every device operation is recorded; it refuses (exit 2,
+    with the command to run) when no operator identity exists."""
+    from fieldkit.journal import Journal
+
+    key = str(home.root.resolve())
+    with _JOURNALS_LOCK:
+        j = _JOURNALS.get(key)
+        if j is None:
+            j = _JOURNALS[key] = Journal.open(home)
+        return j
+
+
+def connect(dev: ResolvedDevice | str, home: Home, *, timeout: float = 15.0,
+            dead_after_s: float = 6.0, witness: bool = True) -> DeviceLink:
+    """Connect, start the agent if needed, handshake; record it in the operator journal and
+    exchange checkpoints with the device's journal. Raises ConnectError / HostKeyError, and
+    IdentityMissing when there is no operator identity."""
+    journal = journal_for(home)
     if isinstance(dev, str):
         dev = resolve(dev, home)
+    with journal.operation(dev.name, "connect", {"target": dev.target, "profile": dev.profile.name}) as op:
+        link = _open(dev, home, timeout, dead_after_s)
+        op.details.update(transport=link.transport, agent_version=link.agent.get("agent_version"),
+                          capabilities=link.agent.get("capabilities"))
+    link.journal = journal  # type: ignore[attr-defined]
+    if witness:
+        try:
+            journal.witness(link, dev.name, timeout=timeout)
+        except BaseException:
+            link.close("journal exchange failed")
+            raise
+    return link
+
+
+def _open(dev: ResolvedDevice, home: Home, timeout: float, dead_after_s: float) -> DeviceLink:
+    from fieldkit.link.targets import LocalTarget, SerialTarget, SshTarget, parse_target
+
     target = parse_target(dev.target)
     if isinstance(target, LocalTarget):
         from fieldkit.link.local import spawn_local_agent
@@ -158,3 +195,34 @@ def _connect_serial(dev: ResolvedDevice, target: Any, timeout: float, dead_after
     link = DeviceLink(_SerialStream(arq, session), name=dev.name, transport="serial", dead_after_s=dead_after_s)
     link.arq = arq  # type: ignore[attr-defined]
     return _start(link, timeout, None)
+
+
+def trust_device(home: Home, spec: str, *, fingerprint: str | None = None,
+                 confirm: Any = None, replace: bool = False) -> Any:
+    """Check and pin a device's SSH host key (``fieldkit trust``, the TUI's trust dialog), and
+    record the decision in the operator journal: pinned, replaced, declined or refused."""
+    from fieldkit.errors import Cancelled, HostKeyError
+    from fieldkit.link.hostkeys import trust
+    from fieldkit.link.targets import parse_target
+
+    journal = journal_for(home)
+    dev = resolve(spec, home)
+    details: dict[str, Any] = {"target": dev.target, "fingerprint_given": fingerprint, "replace": replace}
+    try:
+        result = trust(home, parse_target(dev.target), fingerprint=fingerprint, confirm=confirm, replace=replace)
+    except Cancelled:
+        journal.record(dev.name, "trust.decline", "refused", details)
+        raise
+    except HostKeyError as exc:
+        journal.record(dev.name, "trust.refuse", "refused",
+                       {**details, "presented": exc.fingerprint, "expected": exc.expected, "error": exc.message})
+        raise
+    doc = result.as_dict()
+    journal.record(dev.name, f"trust.{doc['status']}", "ok",
+                   {**details, "key_type": doc["key_type"], "fingerprint": doc["fingerprint"]})
+    return result
+
+
+def record_decline(home: Home, device: str, fingerprint: str) -> None:
+    """The technician declined an unknown host key in a dialog: nothing is saved, but it is recorded."""
+    journal_for(home).record(device, "trust.decline", "refused", {"presented": fingerprint})

@@ -54,8 +54,10 @@ def spawn_local_agent(root: str | None, cache_dir: Path, python: str | None = No
     pyz = agent_archive().write_cached(cache_dir)
     cmd = [python or sys.executable, str(pyz), "serve", "--stdio", "--root", root_dir]
     try:
+        # Its own session: Ctrl-C in the technician's terminal reaches fieldkit, which cancels
+        # cleanly and waits for the device's confirmation; the "device" must not die first.
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, bufsize=0)
+                                stderr=subprocess.PIPE, bufsize=0, start_new_session=True)
     except OSError as exc:
         raise ConnectError(f"could not start the local agent ({cmd[0]}): {exc}") from exc
     return ProcessStream(proc)
