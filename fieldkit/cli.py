@@ -130,6 +130,9 @@ def cmd_health(args: argparse.Namespace, home: Home) -> int:
     from fieldkit.health import check_many, worst
 
     targets = _health_targets(args, home)
+    from fieldkit.link.connect import journal_for
+
+    journal_for(home)  # no operator identity: refuse before touching any device
     if args.profile:
         from fieldkit.profiles import get_profile
         get_profile(args.profile, home)  # fail early on a bad name
@@ -236,6 +239,12 @@ def cmd_demo(args: argparse.Namespace, home: Home) -> int:
 
     with tempfile.TemporaryDirectory(prefix="fieldkit-demo-") as tmp:
         demo_home = home if args.keep_home else Home(Path(tmp) / "home")
+        from fieldkit.journal import IdentityMissing, load_identity, setup_operator
+
+        try:
+            load_identity(demo_home)
+        except IdentityMissing:
+            setup_operator(demo_home.ensure(), "demo-technician")
         print(f"starting 2 SSH and 1 serial simulated devices (home: {demo_home.root}) ...", flush=True)
         with Simulation(demo_home, ssh=2, serial=1, prefix="demo") as sim:
             if not args.text:

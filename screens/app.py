@@ -31,8 +31,34 @@ class FieldkitApp(App[None]):
     def on_mount(self) -> None:
         from screens.fleet import FleetScreen
 
+        from fieldkit.errors import FieldkitError
+        from fieldkit.journal import IdentityMissing, load_identity
+
         self.sub_title = str(self.home.root)
         self.push_screen(FleetScreen(self.home, refresh_s=self.fleet_refresh_s))
+        try:
+            load_identity(self.home)
+        except IdentityMissing:
+            self.ask_identity()
+        except FieldkitError as exc:
+            self.notify(str(exc), severity="error", timeout=15)
+
+    def ask_identity(self) -> None:
+        """First run: every device operation is signed and recorded, so ask who is working."""
+        from screens.modals import IdentityModal
+
+        def done(result: dict | None) -> None:
+            if result:
+                self.notify(f"operator {result['operator']} ({result['key_fingerprint']}); journal started",
+                            title="Welcome")
+                screen = self.screen
+                if hasattr(screen, "action_refresh"):
+                    screen.action_refresh()
+            else:
+                self.notify("no operator identity: devices cannot be reached until you set one "
+                            "(or run `fieldkit init --operator NAME`)", severity="warning", timeout=10)
+
+        self.push_screen(IdentityModal(self.home), done)
         if self.ready_marker is not None:
             self.call_after_refresh(self._mark_ready)
 
@@ -82,6 +108,7 @@ class FieldkitApp(App[None]):
             if accept:
                 self.pin_host_key(device, target, exc.fingerprint, on_trusted)
             else:
+                self.record_decline(device, exc.fingerprint)
                 self.notify(f"{device}: host key not trusted; nothing was saved", severity="warning")
 
         self.push_screen(TrustModal(device, exc.host, exc.key_type, exc.fingerprint), decided)
@@ -89,17 +116,26 @@ class FieldkitApp(App[None]):
     @work(thread=True, group="trust")
     def pin_host_key(self, device: str, target: str, fingerprint: str, on_trusted: Callable[[], None] | None) -> None:
         from fieldkit.errors import FieldkitError
-        from fieldkit.link.hostkeys import trust
-        from fieldkit.link.targets import parse_target
+        from fieldkit.link.connect import trust_device
 
         try:
-            res = trust(self.home, parse_target(target), fingerprint=fingerprint)
+            res = trust_device(self.home, device, fingerprint=fingerprint)
         except FieldkitError as exc:
             self.call_from_thread(self.notify, str(exc), title="Not trusted", severity="error", timeout=10)
             return
         self.call_from_thread(self.notify, f"{device}: {res.key_type} {res.fingerprint} pinned", title="Trusted")
         if on_trusted:
             self.call_from_thread(on_trusted)
+
+    @work(thread=True, group="trust")
+    def record_decline(self, device: str, fingerprint: str) -> None:
+        from fieldkit.errors import FieldkitError
+        from fieldkit.link.connect import record_decline
+
+        try:
+            record_decline(self.home, device, fingerprint)
+        except FieldkitError as exc:
+            self.call_from_thread(self.notify, str(exc), severity="error")
 
     @work(thread=True, group="trust")
     def check_host_key(self, device: str) -> None:

@@ -120,7 +120,7 @@ class BenchScreen(Screen):
         self.query_one("#bench-progress", ProgressBar).update(total=100, progress=0)
         self.set_banner("running", f"connecting to {self.device} …")
         self.refresh_bindings()
-        self.run_bench_worker(model, settings, None if case is Select.BLANK else str(case))
+        self.run_bench_worker(model, settings, case if isinstance(case, str) else None)
 
     @work(thread=True, exclusive=True, group="bench-run")
     def run_bench_worker(self, model: str, settings: Any, use_case: str | None) -> None:

@@ -56,6 +56,7 @@ class DeviceScreen(Screen):
         self._timer: Any = None
         self.polling = False
         self.suspended = False
+        self.recorded_status: str | None = None
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=True)
@@ -106,7 +107,7 @@ class DeviceScreen(Screen):
     @work(thread=True, exclusive=True, group="device-poll")
     def poll_worker(self) -> None:
         from fieldkit.errors import FieldkitError
-        from fieldkit.health import measure, report_from
+        from fieldkit.health import measure, record_health, report_from
         from fieldkit.link.connect import connect, resolve
 
         try:
@@ -115,7 +116,11 @@ class DeviceScreen(Screen):
             if self.link is None or self.link.closed:
                 self.link = connect(self.dev, self.home, timeout=10.0, dead_after_s=5.0)
             raw, offset = measure(self.link, self.dev.profile, timeout=10.0, cancel=self.stop_event)
-            self.post_message(Sample(report_from(self.dev.name, self.dev.target, self.dev.profile, raw, offset)))
+            report = report_from(self.dev.name, self.dev.target, self.dev.profile, raw, offset)
+            if report.status != self.recorded_status:  # journal the first sample and every change
+                record_health(self.link, report)
+                self.recorded_status = report.status
+            self.post_message(Sample(report))
         except FieldkitError as exc:
             if self.link is not None:
                 self.link.close()

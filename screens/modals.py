@@ -159,3 +159,42 @@ class HelpModal(ModalScreen[None]):
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+
+class IdentityModal(ModalScreen[Any]):
+    """First-run dialog: the operator's name; fieldkit creates the signing key and the journal."""
+
+    BINDINGS = [Binding("escape", "cancel", "Later", id="identity.cancel", tooltip="Skip for now")]
+
+    def __init__(self, home: Any) -> None:
+        super().__init__(classes="dialog-screen")
+        self.home = home
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label("Who is working today?", classes="title")
+            yield Static("Everything fieldkit does on a device is recorded in a signed, tamper-evident "
+                         "journal under your name. Your signing key stays on this laptop.", classes="explain")
+            yield Input(placeholder="your name or badge id, e.g. j.meyer", id="operator")
+            yield Static("", id="error", classes="error")
+            with Horizontal(classes="buttons"):
+                yield Button("Start", id="start", variant="success")
+                yield Button("Later (Esc)", id="later")
+
+    @on(Input.Submitted)
+    @on(Button.Pressed, "#start")
+    def start(self) -> None:
+        from fieldkit.errors import FieldkitError
+        from fieldkit.journal import setup_operator
+
+        name = self.query_one("#operator", Input).value.strip()
+        try:
+            result = setup_operator(self.home, name)
+        except (FieldkitError, ValueError) as exc:
+            self.query_one("#error", Static).update(str(exc))
+            return
+        self.dismiss(result)
+
+    @on(Button.Pressed, "#later")
+    def action_cancel(self) -> None:
+        self.dismiss(None)

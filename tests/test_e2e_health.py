@@ -233,3 +233,29 @@ def test_malformed_profile_is_a_configuration_error(home, tmp_path: Path) -> Non
     proc = run_cli("profiles", "check", str(bad))
     assert proc.returncode == 2
     assert "bad.toml" in proc.stderr and "temperature_c" in proc.stderr
+
+
+@pytest.mark.no_identity
+def test_without_an_operator_identity_nothing_touches_a_device(home, device_root) -> None:
+    proc = run_cli("health", f"local:{device_root}")
+    assert proc.returncode == 2
+    assert "fieldkit init --operator" in proc.stderr
+    assert run_cli("init", "--operator", "j.meyer").returncode == 0
+    assert run_cli("health", f"local:{device_root}").returncode in (0, 1)
+
+
+def test_every_device_operation_lands_in_the_journal(home, sshd: Sshd, device_root) -> None:
+    target = f"ssh://{sshd.user}@127.0.0.1:{sshd.port}"
+    assert run_cli("health", target).returncode == 3  # unknown host: refused, recorded
+    assert run_cli("trust", target, "--fingerprint", "SHA256:" + "B" * 43).returncode == 3
+    assert run_cli("trust", target, "--fingerprint", sshd.fingerprint).returncode == 0
+    assert run_cli("health", target, f"local:{device_root}").returncode in (0, 1)
+    doc = json.loads(run_cli("audit", "show", "--json").stdout)
+    entries = doc["entries"] if isinstance(doc, dict) else doc
+    seen = [(e["device"], e["action"], e["outcome"]) for e in entries]
+    assert (target, "connect", "failed") in seen
+    assert any(a == "trust.refuse" and o == "refused" for _, a, o in seen)
+    assert any(a.startswith("trust.") and o == "ok" for _, a, o in seen)
+    assert sum(1 for _, a, o in seen if a == "health.check" and o == "ok") == 2
+    assert any(a == "journal.witness" for _, a, _ in seen)
+    assert run_cli("audit", "verify").returncode == 0

@@ -164,3 +164,78 @@ async def test_filter_help_and_palette_come_from_the_live_bindings(home, tmp_pat
         await pilot.press("escape")
         titles = [c.title for c in app.get_system_commands(app.screen)]
         assert any(t.startswith("Add") for t in titles) and any(t.startswith("Refresh") for t in titles)
+
+
+@pytest.mark.no_identity
+async def test_first_run_asks_for_the_operator_and_starts_the_journal(home) -> None:
+    from fieldkit.journal import load_identity
+    from screens.modals import IdentityModal
+
+    app = build_app(home, fleet_refresh_s=60)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, IdentityModal) and app.screen.query("#operator"),
+                       what="the first-run dialog")
+        for ch in "j.meyer":
+            await pilot.press(ch)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, FleetScreen), what="the dialog to close")
+    assert load_identity(home).name == "j.meyer"
+    assert home.operator_key.stat().st_mode & 0o777 == 0o600
+
+
+async def test_bench_screen_runs_a_model_and_shows_the_verdict(home, tmp_path) -> None:
+    from models import model_paths
+
+    from fieldkit.inventory import add_device
+    from screens.bench import BenchScreen
+
+    root = tmp_path / "dev"
+    root.mkdir()
+    add_device(home, "press-7", f"local:{root}", profile="raspberry-pi-5")
+    model = model_paths()["anomaly-tabular"]
+    app = build_app(home, fleet_refresh_s=60)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await app.push_screen(BenchScreen(home, "press-7"))
+        screen = app.screen
+        screen.query_one("#model", Input).value = str(model)
+        screen.query_one("#duration", Input).value = "1"
+        screen.query_one("#model", Input).focus()
+        await pilot.press("enter")
+        banner = lambda: str(screen.query_one("#bench-banner", Static).render())  # noqa: E731
+        await pilot.pause(1)
+        assert screen.running or "PASS" in banner() or "FAIL" in banner() or "WARN" in banner(), banner()
+        await wait_for(pilot, lambda: not screen.running and ("PASS" in banner() or "WARN" in banner()
+                                                              or "FAIL" in banner()), timeout=60,
+                       what="the benchmark verdict")
+        results = screen.query_one("#results", DataTable)
+        measures = [str(results.get_row_at(i)[0]) for i in range(results.row_count)]
+        assert "p99" in measures and "throughput" in measures
+        assert screen.query_one("#saved", DataTable).row_count == 1
+    from fieldkit.bench import list_reports
+
+    assert len(list_reports(home)) == 1
+
+
+async def test_audit_screen_lists_entries_and_verifies(home, tmp_path) -> None:
+    from fieldkit.health import check_device
+    from fieldkit.inventory import add_device
+    from screens.audit import AuditScreen
+
+    root = tmp_path / "dev"
+    root.mkdir()
+    add_device(home, "oven-2", f"local:{root}")
+    check_device("oven-2", home)  # connect + witness + health.check entries
+    app = build_app(home, fleet_refresh_s=600)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("A")
+        await wait_for(pilot, lambda: isinstance(app.screen, AuditScreen) and app.screen.query("#entries"),
+                       what="the audit screen")
+        screen = app.screen
+        table = screen.query_one("#entries", DataTable)
+        await wait_for(pilot, lambda: table.row_count >= 3, what="journal entries")
+        actions = {str(table.get_row_at(i)[4]) for i in range(table.row_count)}
+        assert {"connect", "health.check", "operator.init"} <= actions
+        assert "pending sync" in str(screen.query_one("#audit-status", Static).render())
+        await pilot.press("v")
+        await wait_for(pilot, lambda: not screen.busy and any("verified" in str(n.message) for n in app._notifications),
+                       what="verification")
