@@ -53,7 +53,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from fieldkit.agent import stats
-from fieldkit.agent.probes import THROTTLE_BITS
+from fieldkit.agent.probes import THROTTLE_BITS, _read, _read_int
 
 EXIT_OK = 0
 EXIT_ERROR = 2
@@ -192,26 +192,6 @@ def parse_args(argv):
 
 
 # --- device readings -----------------------------------------------------------------------------
-
-def _read(path):
-    # type: (str) -> Optional[str]
-    try:
-        with open(path, "r") as fh:
-            return fh.read()
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def _read_int(path):
-    # type: (str) -> Optional[int]
-    text = _read(path)
-    if text is None:
-        return None
-    try:
-        return int(text.strip())
-    except ValueError:
-        return None
-
 
 def mem_available(proc_root="/proc"):
     # type: (str) -> Optional[int]
