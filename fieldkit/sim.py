@@ -201,11 +201,10 @@ def wait_forever() -> None:
     import threading
 
     stop = threading.Event()
-    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    # The handlers stay installed afterwards: a second Ctrl-C must not interrupt the clean-up
+    # (stopping servers and agents, removing the devices from the inventory).
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
 
