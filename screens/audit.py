@@ -32,6 +32,7 @@ class AuditScreen(Screen):
         self.home = home
         self.cancel = threading.Event()
         self.busy = False
+        self.chain = "chain: checking…"
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=True)
@@ -49,6 +50,7 @@ class AuditScreen(Screen):
     def on_mount(self) -> None:
         self.sub_title = "audit journal"
         self.reload()
+        self.action_verify()  # the chain status is part of what this screen shows
 
     def reload(self) -> None:
         from fieldkit.errors import FieldkitError
@@ -71,7 +73,7 @@ class AuditScreen(Screen):
             f"journal {st['journal_id'][:12]} · operator {st.get('operator')} · {st['entries']} entries · "
             f"{st['pending_sync']} pending sync · last sync "
             + (f"{last.get('time')} to {last.get('target')}" if last else "never")
-            + f" · {st['checkpoints']} checkpoints · key {st['key_fingerprint']}")
+            + f" · {st['checkpoints']} checkpoints · key {st['key_fingerprint']}\n{self.chain}")
         table = self.query_one("#entries", DataTable)
         table.clear()
         for e in reversed(entries):
@@ -121,7 +123,7 @@ class AuditScreen(Screen):
             if doc.get("ok"):
                 self.post_message(AuditEvent("verify", f"chain verified: {doc.get('entries', '?')} entries intact"))
             else:
-                self.post_message(AuditEvent("verify", f"VERIFY FAILED at seq {doc.get('seq')}: {doc.get('message')}",
+                self.post_message(AuditEvent("verify", f"VERIFY FAILED at seq {doc.get('bad_seq')} ({doc.get('problem')}): {doc.get('message')}",
                                              ok=False))
         except FieldkitError as exc:
             self.post_message(AuditEvent("verify", str(exc), ok=False))
@@ -194,6 +196,8 @@ class AuditScreen(Screen):
             return
         self.busy = False
         self.refresh_bindings()
+        if ev.kind == "verify":
+            self.chain = ("[green]chain: " if ev.ok else "[red bold]chain: ") + ev.text + "[/]"
         self.notify(ev.text, title=ev.kind, severity="information" if ev.ok else "error", timeout=10)
         self.reload()
 

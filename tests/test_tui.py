@@ -239,3 +239,26 @@ async def test_audit_screen_lists_entries_and_verifies(home, tmp_path) -> None:
         await pilot.press("v")
         await wait_for(pilot, lambda: not screen.busy and any("verified" in str(n.message) for n in app._notifications),
                        what="verification")
+
+
+async def test_audit_screen_names_the_first_bad_seq_of_a_tampered_journal(home) -> None:
+    import sqlite3
+
+    from fieldkit.link.connect import journal_for
+    from screens.audit import AuditScreen
+
+    j = journal_for(home)
+    for i in range(5):
+        j.record("press-1", "health.check", "ok", {"i": i})
+    conn = sqlite3.connect(home.journal_db)
+    conn.execute("DROP TRIGGER IF EXISTS entries_no_update")
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
+        conn.execute(f"DROP TRIGGER {name}")
+    conn.execute("UPDATE entries SET details = '{\"i\":99}' WHERE seq = 4")
+    conn.commit()
+    conn.close()
+    app = build_app(home, fleet_refresh_s=600)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await app.push_screen(AuditScreen(home))
+        screen = app.screen
+        await wait_for(pilot, lambda: "VERIFY FAILED at seq 4" in screen.chain, what="the verification result")
