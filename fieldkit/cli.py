@@ -137,8 +137,7 @@ def cmd_health(args: argparse.Namespace, home: Home) -> int:
         from fieldkit.profiles import get_profile
         get_profile(args.profile, home)  # fail early on a bad name
     while True:
-        reports = check_many(targets, home, timeout=args.timeout,
-                             **({"profile": args.profile} if args.profile else {}))
+        reports = check_many(targets, home, timeout=args.timeout, profile=args.profile)
         status = worst([r.status for r in reports])
         if args.json:
             if len(reports) == 1:

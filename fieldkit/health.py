@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from fieldkit.errors import FieldkitError
 
@@ -214,14 +214,14 @@ def report_from(device: str, target: str, profile: Any, raw: dict, offset: float
 
 
 def check_device(spec: str, home: Any, *, sample_s: float = 0.25, timeout: float = 15.0,
-                 profile: str | None = None, connect: Callable[..., Any] | None = None) -> HealthReport:
+                 profile: str | None = None) -> HealthReport:
     """Connect to one device (inventory name or target), measure and judge. Never raises for
     device problems: an unreachable device becomes a report with status ``unreachable``."""
-    from fieldkit.link.connect import connect as default_connect, resolve
+    from fieldkit.link.connect import connect, resolve
 
     dev = resolve(spec, home, profile)
     try:
-        with (connect or default_connect)(dev, home, timeout=timeout) as link:
+        with connect(dev, home, timeout=timeout) as link:
             raw, offset = measure(link, dev.profile, sample_s=sample_s, timeout=timeout)
         report = report_from(dev.name, dev.target, dev.profile, raw, offset)
         record_health(link, report)

@@ -62,9 +62,6 @@ class Home:
     def reports_dir(self) -> Path:
         return self.root / "reports"
 
-    @property
-    def sim_dir(self) -> Path:
-        return self.root / "sim"
 
     @property
     def operator_key(self) -> Path:

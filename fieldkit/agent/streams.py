@@ -72,9 +72,7 @@ class FdPort(object):
         if not ready:
             return b""
         data = os.read(self.fd, n)
-        if not data:
-            # A tty whose other side hung up reads as EOF repeatedly; report "nothing yet"
-            # after honouring the timeout so the caller's deadlines still apply.
+        if not data:  # readable but empty: the other side of the tty hung up
             raise OSError("serial line hung up")
         return data
 
