@@ -19,16 +19,14 @@ fingerprint (``--fingerprint``) to know it was *that* operator's key.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 from typing import Any, Callable
 
 from fieldkit.errors import Cancelled, ConfigError
-from fieldkit.journal import (
-    Checkpoint, Journal, VerifyResult, canonical_text, key_fingerprint, load_public_key, utc_now,
-    verify_device_entries, verify_rows,
-)
+from fieldkit.fsutil import atomic_open
+from fieldkit.journal import Checkpoint, Journal, VerifyResult, utc_now, verify_device_entries, verify_rows
+from fieldkit.signing import canonical_text, key_fingerprint, load_public_key
 
 FORMAT = "fieldkit-audit-bundle/1"
 
@@ -41,37 +39,28 @@ def export_bundle(journal: Journal, out: Path, *, progress: Callable[[int, int],
     head = journal.checkpoint(witness="export")
     status = journal.status()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     header = {"format": FORMAT, "journal_id": journal.journal_id, "operator": status["operator"],
               "public_key_pem": journal.public_key_pem, "key_fingerprint": journal.key_fingerprint,
               "exported_at": utc_now()}
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(header, ensure_ascii=False)[:-1] + ',\n"entries": [\n')
-            sep = ""
-            for row in journal.iter_rows():
-                if row[0] > head.seq:
-                    break  # appended while exporting: the next export carries them
-                fh.write(sep)
-                sep = ",\n"
-                fh.write(json.dumps(_row_json(row), ensure_ascii=False))
-                if progress and row[0] % 1000 == 0:
-                    progress(row[0], head.seq)
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled(f"export cancelled at seq {row[0]} of {head.seq}; nothing was written")
-            fh.write('\n],\n"checkpoints": ')
-            fh.write(json.dumps([c.to_json() for c in journal.checkpoints() if c.seq <= head.seq]))
-            fh.write(',\n"head": ' + json.dumps(head.to_json()))
-            devices = [{"journal_id": d["journal_id"], "device": d["device"],
-                        "entries": journal.device_entries(d["journal_id"])} for d in journal.device_journals()]
-            fh.write(',\n"device_journals": ' + json.dumps(devices, ensure_ascii=False) + "\n}\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_open(out) as fh:
+        fh.write(json.dumps(header, ensure_ascii=False)[:-1] + ',\n"entries": [\n')
+        sep = ""
+        for row in journal.iter_rows():
+            if row[0] > head.seq:
+                break  # appended while exporting: the next export carries them
+            fh.write(sep)
+            sep = ",\n"
+            fh.write(json.dumps(_row_json(row), ensure_ascii=False))
+            if progress and row[0] % 1000 == 0:
+                progress(row[0], head.seq)
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"export cancelled at seq {row[0]} of {head.seq}; nothing was written")
+        fh.write('\n],\n"checkpoints": ')
+        fh.write(json.dumps([c.to_json() for c in journal.checkpoints() if c.seq <= head.seq]))
+        fh.write(',\n"head": ' + json.dumps(head.to_json()))
+        devices = [{"journal_id": d["journal_id"], "device": d["device"],
+                    "entries": journal.device_entries(d["journal_id"])} for d in journal.device_journals()]
+        fh.write(',\n"device_journals": ' + json.dumps(devices, ensure_ascii=False) + "\n}\n")
     if progress:
         progress(head.seq, head.seq)
     return {"path": str(out), "journal_id": journal.journal_id, "entries": head.seq, "head": head.to_json(),

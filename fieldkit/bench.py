@@ -22,34 +22,25 @@ estimate, which needs at least 64 runs (``valid``; 662 for the p99 estimate).
 Verdict rules (:func:`verdict`), each a :class:`Check`; any ``fail`` fails the run, else any
 ``warn`` warns:
 
-* latency: the use case's metric (p90 / p95 / p99; p99 with ``--budget-ms`` alone) must be within
-  the budget. For p90 and p99 the early-stopping estimate is used when there were enough runs (it
-  is the conservative figure); otherwise the plain percentile. Within budget but above 90 % of it
-  warns (no margin). No budget at all warns: nothing to judge latency against.
-* statistics: fewer runs than early stopping needs for p90 (``valid`` false) warns; a run cut
-  short by the time limit warns.
-* deadlines: with ``--rate``, any missed deadline fails. Without ``--rate``, a use case with a
-  ``rate_hz`` fails when back-to-back throughput is below that rate.
-* memory: the lowest MemAvailable during the run must stay at or above the profile's
-  ``memory.headroom_mb``; any swap-in or swap-out during the run fails.
-* heat: a thermal zone at or above the profile's critical temperature fails, at or above warning
-  warns; firmware throttle or under-voltage flags raised during the run fail.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 import re
-import tempfile
 import threading
-import time
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable, Literal
 
+from pydantic import (
+    AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator,
+)
+
+from fieldkit.benchreport import DEFAULT_METRIC, BenchReport, Verdict, new_report_id, verdict
 from fieldkit.errors import Cancelled, ConfigError, DeviceError
 
 ProgressFn = Callable[[dict], None]
@@ -57,20 +48,8 @@ ProgressFn = Callable[[dict], None]
 DEFAULT_WARMUP = 10
 DEFAULT_DURATION_S = 20.0
 SUSTAINED_S = 600.0  # MLPerf's minimum run duration
-DEFAULT_METRIC = "p99"
-MARGIN = 0.9  # within budget but above this fraction of it: warn
-REPORT_KIND = "fieldkit.bench"
-REPORT_SCHEMA = 1
 INSTALLED_PREFIX = "installed:"
-MIB = 1024 * 1024
 
-# Keys of the device's measurement that the JSON report carries at its top level.
-RESULT_KEYS = (
-    "session_create_ms", "first_run_ms", "warmup_runs", "runs", "duration_s", "stop_reason",
-    "latency_ms", "p90_early_stopping_ms", "p99_early_stopping_ms", "valid", "early_stopping_min_runs",
-    "throughput_ips", "cpu_percent", "peak_rss_bytes", "memory", "thermal", "cpufreq", "throttle",
-    "rate_hz", "deadline_misses", "late_runs", "latencies_ms", "inputs", "providers", "onnxruntime",
-)
 
 _HINTS = {
     "shape_mismatch": "--shape can only fill the model's symbolic dimensions (shown by name, e.g. N); "
@@ -85,64 +64,90 @@ _HINTS = {
 # --------------------------------------------------------------------------------------------------
 # Settings and model specs
 
-@dataclass
-class BenchSettings:
-    """How to run the benchmark (the CLI options; the TUI's form)."""
+def _settings_error(exc: ValidationError) -> ConfigError:
+    """A technician-readable message that names the setting (not a CLI flag: the TUI shows it too)."""
+    parts = []
+    for err in exc.errors()[:3]:
+        where = ".".join(str(x) for x in err.get("loc") or ())
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        msg = msg[:1].lower() + msg[1:]
+        got = err.get("input")
+        if isinstance(got, (int, float, str)) and not isinstance(got, bool) and str(got) not in msg:
+            msg += f", got {got!r}"
+        parts.append(f"{where}: {msg}" if where else msg)
+    return ConfigError("bench settings: " + "; ".join(parts))
 
-    warmup: int = DEFAULT_WARMUP
+
+def _positive(value: float | None) -> float | None:
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise ValueError("must be a positive number")
+    return value
+
+
+PositiveSeconds = Annotated[float | None, AfterValidator(_positive)]
+
+
+class BenchSettings(BaseModel):
+    """How to run the benchmark: declared once, filled by the CLI's options and the TUI's form,
+    and sent to the device as JSON (:meth:`agent_args`). Invalid values raise ConfigError naming
+    the setting."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+    warmup: int = Field(DEFAULT_WARMUP, ge=0)
     """Untimed warm-up runs (the first is reported as first_run_ms; at least one always runs)."""
-    runs: int | None = None
+    runs: int | None = Field(None, ge=1)
     """Stop after this many timed runs (instead of a duration)."""
-    duration_s: float | None = None
+    duration_s: PositiveSeconds = None
     """Run for this long (default 20 s; 600 s for a sustained run) and at least ``min_runs`` runs."""
-    min_runs: int = 64
+    min_runs: int = Field(64, ge=1)
     """With a duration: keep going until this many runs (64: MLPerf's minimum for p90)."""
-    max_seconds: float | None = None
+    max_seconds: PositiveSeconds = None
     """Hard limit on the timed loop (default: 3 x duration + 60 s; 120 s with ``runs``)."""
-    threads: int = 0
+    threads: int = Field(0, ge=0, le=1024)
     """onnxruntime intra-op threads; 0 lets onnxruntime choose (one per physical core)."""
-    rate_hz: float | None = None
+    rate_hz: PositiveSeconds = None
     """Pace runs at this rate and count missed deadlines (TFLite ``run_frequency``)."""
-    shapes: dict[str, list[int]] = field(default_factory=dict)
+    shapes: dict[str, list[Annotated[int, Field(ge=1)]]] = Field(default_factory=dict)
     """Concrete shapes for inputs with symbolic dimensions, e.g. {"input": [1, 3, 224, 224]}."""
     inputs: Path | None = None
     """A local .npz file of input arrays by input name (uploaded with the model)."""
     seed: int = 0
     """Seed of the random inputs when no ``inputs`` file is given."""
-    spin: str = "on"
+    spin: Literal["on", "off"] = "on"
     """Let intra-op threads spin between runs ("on", onnxruntime's default) or not ("off")."""
-    providers: list[str] = field(default_factory=list)
+    providers: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(default_factory=list)
     """Execution providers in priority order (default CPUExecutionProvider)."""
-    progress_interval_s: float = 0.5
+    progress_interval_s: PositiveSeconds = 0.5
     """Seconds between progress events from the device."""
     sustained: bool = False
     """A sustained run: ``duration_s`` defaults to 600 s (MLPerf's minimum)."""
 
-    def validate(self) -> "BenchSettings":
-        def bad(msg: str) -> ConfigError:
-            return ConfigError(f"bench: {msg}")
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _settings_error(exc) from None
 
-        if self.warmup < 0:
-            raise bad(f"--warmup must not be negative, got {self.warmup}")
-        if self.runs is not None and self.runs < 1:
-            raise bad(f"--runs must be at least 1, got {self.runs}")
+    @field_validator("shapes")
+    @classmethod
+    def _shapes_named(cls, shapes: dict[str, list[int]]) -> dict[str, list[int]]:
+        for name, dims in shapes.items():
+            if not name or not dims:
+                raise ValueError(f"the shape of input {name!r} needs a name and at least one dimension")
+        return shapes
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs_exist(cls, path: Path | None) -> Path | None:
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"inputs file {path} not found")
+        return path
+
+    @model_validator(mode="after")
+    def _one_stop_rule(self) -> "BenchSettings":
         if self.runs is not None and (self.duration_s is not None or self.sustained):
-            raise bad("give either --runs or --duration/--sustained, not both")
-        for name, value in (("--duration", self.duration_s), ("--max-seconds", self.max_seconds),
-                            ("--rate", self.rate_hz), ("progress interval", self.progress_interval_s)):
-            if value is not None and not (value > 0 and value != float("inf")):
-                raise bad(f"{name} must be a positive number, got {value:g}")
-        if self.min_runs < 1:
-            raise bad(f"--min-runs must be at least 1, got {self.min_runs}")
-        if self.threads < 0:
-            raise bad(f"--threads must not be negative, got {self.threads}")
-        if self.spin not in ("on", "off"):
-            raise bad(f"--spin must be on or off, got {self.spin!r}")
-        for name, dims in self.shapes.items():
-            if not name or not dims or any(int(d) < 1 for d in dims):
-                raise bad(f"--shape {name}: dimensions must be positive whole numbers")
-        if self.inputs is not None and not Path(self.inputs).is_file():
-            raise bad(f"inputs file {self.inputs} not found")
+            raise ValueError("give either runs or a duration (duration_s, sustained), not both")
         return self
 
     @property
@@ -234,17 +239,17 @@ def parse_model_spec(text: str) -> ModelSpec:
     path = Path(text).expanduser()
     if path.is_dir():
         release = _read_release(path)
-        model_file = release.get("model_file")
+        model_file = release.get("model") or release.get("model_file")  # model_file: before releases
         if model_file:
             onnx = path / str(model_file)
             if not onnx.is_file():
-                raise ConfigError(f"{path}/release.json names model_file {model_file}, which is not in {path}")
+                raise ConfigError(f"{path}/release.json names model {model_file}, which is not in {path}")
         else:
             found = sorted(p for p in path.glob("*.onnx") if p.is_file())
             if len(found) != 1:
                 listed = f" ({', '.join(p.name for p in found)})" if found else ""
                 raise ConfigError(f"{path} holds {len(found) or 'no'} .onnx files{listed}; "
-                                  "name one as model_file in release.json, or give the .onnx file itself")
+                                  "name one as model in release.json, or give the .onnx file itself")
             onnx = found[0]
         return ModelSpec("dir", text, file=onnx.resolve(), directory=path.resolve(),
                          name=str(release.get("name") or path.resolve().name),
@@ -259,435 +264,6 @@ def bench_cache_dir(profile: Any) -> str:
     """The device's content-addressed bench cache: next to the models directory."""
     models = str(getattr(getattr(profile, "paths", None), "models", "/var/lib/fieldkit/models")).rstrip("/")
     return posixpath.join(posixpath.dirname(models) or "/", "bench-cache")
-
-
-# --------------------------------------------------------------------------------------------------
-# Verdict
-
-@dataclass
-class Check:
-    name: str
-    status: str  # pass | warn | fail | n/a
-    message: str
-    value: Any = None
-    limit: Any = None
-
-
-@dataclass
-class Verdict:
-    status: str  # pass | warn | fail
-    reasons: list[str]
-    checks: list[Check] = field(default_factory=list)
-
-    def to_json(self) -> dict:
-        return {"status": self.status, "reasons": list(self.reasons), "checks": [asdict(c) for c in self.checks]}
-
-    @classmethod
-    def from_json(cls, doc: dict) -> "Verdict":
-        return cls(doc.get("status", "warn"), list(doc.get("reasons") or []),
-                   [Check(**c) for c in doc.get("checks") or []])
-
-
-def fmt_ms(value: float | None) -> str:
-    """Milliseconds with three significant figures: 148 ms, 14.8 ms, 1.48 ms, 0.123 ms."""
-    if value is None:
-        return "-"
-    v = float(value)
-    if v >= 100:
-        return f"{v:.0f} ms"
-    if v >= 10:
-        return f"{v:.1f} ms"
-    if v >= 1:
-        return f"{v:.2f} ms"
-    return f"{v:.3g} ms"
-
-
-def _mb(n: float | None) -> str:
-    return "-" if n is None else f"{n / MIB:,.0f} MB"
-
-
-def _is_int8(model: dict) -> bool:
-    text = " ".join(str(model.get(k) or "") for k in ("name", "path", "device_path")).lower()
-    return any(tag in text for tag in ("int8", "uint8", "quant", "qdq"))
-
-
-def _latency_check(doc: dict, profile_name: str, use_case: str | None, budget: float | None,
-                   metric: str) -> list[Check]:
-    lat = doc.get("latency_ms") or {}
-    runs = int(doc.get("runs") or 0)
-    if budget is None:
-        return [Check("latency", "warn", f"no latency budget to judge against: give --use-case NAME (the {profile_name} "
-                      "profile's use cases) or --budget-ms MS", lat.get(metric))]
-    es_key = {"p90": "p90_early_stopping_ms", "p99": "p99_early_stopping_ms"}.get(metric)
-    es_value = doc.get(es_key) if es_key else None
-    need = (doc.get("early_stopping_min_runs") or {}).get(metric) or {"p90": 64, "p99": 662}.get(metric)
-    if es_value is not None:
-        value, label, note = es_value, f"{metric} (early-stopping estimate)", ""
-    else:
-        value, label = lat.get(metric), metric
-        note = (f" (plain percentile of {runs} runs; {need}+ runs give MLPerf's early-stopping estimate)"
-                if es_key and need and runs < need else "")
-    if value is None:
-        return [Check("latency", "fail", "no latency was measured", None, budget)]
-    whom = f"for {use_case}" if use_case else "given with --budget-ms"
-    p50 = lat.get("p50")
-    if value > budget:
-        threads = (doc.get("settings") or {}).get("threads")
-        int8 = _is_int8(doc.get("model") or {})
-        if p50 is not None and p50 > budget:
-            options = ([] if int8 else ["the int8 variant"]) + ["a smaller model", "a faster device"]
-            advice = f"even the median run takes {fmt_ms(p50)}; try " + ", ".join(options[:-1]) + " or " + options[-1]
-        else:
-            options = ([] if int8 else ["the int8 variant"]) + (["fewer threads"] if threads != 1 else []) + ["--spin off"]
-            advice = "try " + (", ".join(options[:-1]) + " or " + options[-1] if len(options) > 1 else options[0])
-        return [Check("latency", "fail", f"{label} {fmt_ms(value)} exceeds the {budget:g} ms budget {whom}; {advice}",
-                      value, budget)]
-    if value > MARGIN * budget:
-        return [Check("latency", "warn", f"{label} {fmt_ms(value)} is within the {budget:g} ms budget {whom} but with "
-                      f"less than {100 - MARGIN * 100:.0f} % to spare; heat or other load on the device may push it over"
-                      + note, value, budget)]
-    return [Check("latency", "pass", f"{label} {fmt_ms(value)} is within the {budget:g} ms budget {whom} "
-                  f"({100 * value / budget:.0f} % of it){note}", value, budget)]
-
-
-def verdict(doc: dict, profile: Any, *, use_case: str | None = None, budget_ms: float | None = None,
-            metric: str | None = None) -> Verdict:
-    """Judge a measurement (a report's JSON document, or the device's raw result plus ``settings``
-    and ``model``) against ``profile`` and the use case's budget. See the module docstring."""
-    uc = profile.use_case(use_case) if use_case else None
-    budget = budget_ms if budget_ms is not None else (uc.budget_ms if uc else None)
-    metric = metric or (uc.metric if uc else DEFAULT_METRIC)
-    checks = _latency_check(doc, profile.name, use_case, budget, metric)
-    settings = doc.get("settings") or {}
-    lat = doc.get("latency_ms") or {}
-    runs = int(doc.get("runs") or 0)
-
-    # statistics
-    need90 = (doc.get("early_stopping_min_runs") or {}).get("p90", 64)
-    if doc.get("valid"):
-        checks.append(Check("runs", "pass", f"{runs} timed runs: enough for MLPerf's p90 early-stopping estimate "
-                            f"(needs {need90})", runs, need90))
-    else:
-        checks.append(Check("runs", "warn", f"only {runs} timed runs: the statistics are not trustworthy (MLPerf "
-                            f"early stopping needs at least {need90} for p90); run longer with --duration or --runs",
-                            runs, need90))
-    if doc.get("stop_reason") == "max_seconds":
-        wanted = settings.get("runs")
-        checks.append(Check("time_limit", "warn", f"stopped at the {settings.get('max_seconds') or 'default'} s time limit "
-                            f"after {runs}" + (f" of {wanted}" if wanted else "") + " runs; raise --max-seconds",
-                            runs, wanted))
-
-    # deadlines / rate
-    rate = doc.get("rate_hz") or settings.get("rate_hz")
-    if rate:
-        misses = int(doc.get("deadline_misses") or 0)
-        if misses:
-            mean = lat.get("mean")
-            capacity = f"; back to back it manages about {1000.0 / mean:.0f} runs/s" if mean else ""
-            checks.append(Check("deadlines", "fail", f"missed {misses} deadline{'s' if misses != 1 else ''} at {rate:g} Hz ({doc.get('late_runs', 0)} "
-                                f"of {runs} runs overran their {1000.0 / rate:.3g} ms slot, p99 {fmt_ms(lat.get('p99'))})"
-                                f"{capacity}: lower the rate or use a faster model", misses, 0))
-        else:
-            checks.append(Check("deadlines", "pass", f"no missed deadlines in {runs} runs at {rate:g} Hz", 0, 0))
-    elif uc is not None and uc.rate_hz and doc.get("throughput_ips") is not None:
-        thr = float(doc["throughput_ips"])
-        status = "pass" if thr >= uc.rate_hz else "fail"
-        text = (f"back to back it runs {thr:.1f} times per second, " +
-                (f"enough for the {uc.rate_hz:g} per second {use_case} needs" if status == "pass" else
-                 f"below the {uc.rate_hz:g} per second {use_case} needs; try the int8 variant or a faster device"))
-        checks.append(Check("rate", status, text, thr, uc.rate_hz))
-
-    # memory
-    mem = doc.get("memory") or {}
-    headroom = getattr(getattr(profile, "memory", None), "headroom_mb", None)
-    low = mem.get("available_min")
-    rss = doc.get("peak_rss_bytes")
-    own = f"; the benchmark process peaked at {_mb(rss)}" if rss else ""
-    if low is None:
-        checks.append(Check("memory", "n/a", "free memory (MemAvailable) could not be read on the device"))
-    elif headroom is not None and low < headroom * MIB:
-        checks.append(Check("memory", "fail", f"free memory fell to {_mb(low)} during the run; the {profile.name} profile "
-                            f"keeps {headroom} MB for the OS, runtime and logging{own}: stop other services or use a "
-                            "smaller (int8) model", low, headroom * MIB))
-    else:
-        checks.append(Check("memory", "pass", f"free memory stayed at or above {_mb(low)} (the profile keeps "
-                            f"{headroom} MB){own}", low, None if headroom is None else headroom * MIB))
-    sin, sout = mem.get("swap_in_pages"), mem.get("swap_out_pages")
-    if sin is None and sout is None:
-        checks.append(Check("swap", "n/a", "swap activity could not be read on the device"))
-    elif (sin or 0) + (sout or 0) > 0:
-        checks.append(Check("swap", "fail", f"the device swapped during the run ({sin or 0} pages in, {sout or 0} out): "
-                            "latency will not hold; free memory or use a smaller model", (sin or 0) + (sout or 0), 0))
-    else:
-        checks.append(Check("swap", "pass", "no swapping during the run", 0, 0))
-
-    # heat and throttling
-    zones = doc.get("thermal") or {}
-    th = getattr(profile, "thresholds", None)
-    if not zones:
-        checks.append(Check("temperature", "n/a", "no thermal zones on the device: temperature not measured"))
-    for zone, t in sorted(zones.items()):
-        peak = t.get("max")
-        kind = zone.split(":", 1)[0]
-        limit = th.temperature_for(kind) if th is not None and hasattr(th, "temperature_for") else None
-        if peak is None or limit is None:
-            continue
-        span = f"{t.get('start', peak):.0f} -> {peak:.0f} °C (end {t.get('end', peak):.0f} °C)"
-        if peak >= limit.crit:
-            checks.append(Check(f"temperature:{zone}", "fail", f"{zone} reached {peak:.0f} °C, at or above the "
-                                f"{profile.name} critical limit of {limit.crit:g} °C: the device will throttle under "
-                                "sustained load; improve cooling or lower the load", peak, limit.crit))
-        elif peak >= limit.warn:
-            checks.append(Check(f"temperature:{zone}", "warn", f"{zone} reached {peak:.0f} °C, at or above the warning "
-                                f"limit of {limit.warn:g} °C; a longer run (--sustained) will show whether it throttles",
-                                peak, limit.warn))
-        else:
-            checks.append(Check(f"temperature:{zone}", "pass", f"{zone} {span}", peak, limit.warn))
-    throttle = doc.get("throttle")
-    if throttle:
-        during = sorted(k for k, v in (throttle.get("during_run") or {}).items() if v)
-        now = sorted(k for k, v in (throttle.get("now") or {}).items() if v)
-        flags = sorted(set(during) | set(now))
-        if flags:
-            checks.append(Check("throttling", "fail", f"the firmware reported {', '.join(f.replace('_', '-') for f in flags)} "
-                                "during the run: the timings are not what the device sustains; check the power supply "
-                                "and cooling", flags))
-        else:
-            checks.append(Check("throttling", "pass", "no throttling or under-voltage reported by the firmware"))
-    else:
-        checks.append(Check("throttling", "n/a", "no firmware throttle flags on this device"))
-
-    status = "fail" if any(c.status == "fail" for c in checks) else (
-        "warn" if any(c.status == "warn" for c in checks) else "pass")
-    reasons = [c.message for c in checks if c.status == "fail"] + [c.message for c in checks if c.status == "warn"]
-    return Verdict(status, reasons, checks)
-
-
-# --------------------------------------------------------------------------------------------------
-# Reports
-
-@dataclass
-class BenchReport:
-    """One benchmark run: where, what, how, the device's measurement and the verdict."""
-
-    id: str
-    created_at: str
-    device: str
-    target: str
-    transport: str
-    profile: str
-    use_case: str | None
-    budget_ms: float | None
-    metric: str
-    model: dict
-    settings: dict
-    result: dict
-    verdict: Verdict
-    agent: dict = field(default_factory=dict)
-    path: Path | None = None  # where it was saved or loaded from
-
-    @property
-    def status(self) -> str:
-        return self.verdict.status
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.verdict.status == "fail" else 0
-
-    def to_json(self) -> dict:
-        doc: dict[str, Any] = {
-            "kind": REPORT_KIND,
-            "schema": REPORT_SCHEMA,
-            "id": self.id,
-            "created_at": self.created_at,
-            "device": self.device,
-            "target": self.target,
-            "transport": self.transport,
-            "profile": self.profile,
-            "use_case": self.use_case,
-            "budget_ms": self.budget_ms,
-            "metric": self.metric,
-            "model": self.model,
-            "settings": self.settings,
-        }
-        for key in RESULT_KEYS:
-            doc[key] = self.result.get(key)
-        doc["agent"] = self.agent
-        doc["verdict"] = self.verdict.to_json()
-        return doc
-
-    @classmethod
-    def from_json(cls, doc: dict, path: Path | None = None) -> "BenchReport":
-        if doc.get("kind") != REPORT_KIND:
-            raise ConfigError(f"{path or 'document'}: not a fieldkit bench report")
-        return cls(
-            id=str(doc.get("id")), created_at=str(doc.get("created_at")), device=str(doc.get("device")),
-            target=str(doc.get("target")), transport=str(doc.get("transport")), profile=str(doc.get("profile")),
-            use_case=doc.get("use_case"), budget_ms=doc.get("budget_ms"), metric=doc.get("metric") or DEFAULT_METRIC,
-            model=dict(doc.get("model") or {}), settings=dict(doc.get("settings") or {}),
-            result={k: doc.get(k) for k in RESULT_KEYS}, verdict=Verdict.from_json(doc.get("verdict") or {}),
-            agent=dict(doc.get("agent") or {}), path=path,
-        )
-
-
-def _slug(text: str, limit: int = 40) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:limit].rstrip("-.") or "x"
-
-
-def report_path(home: Any, report_id: str) -> Path:
-    return Path(home.reports_dir) / f"bench-{report_id}.json"
-
-
-def save_report(home: Any, report: BenchReport) -> Path:
-    """Write the report (atomically) as ``reports/bench-<id>.json``; a clash gets a -2, -3 ... id."""
-    directory = Path(home.reports_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    base, n = report.id, 1
-    while report_path(home, report.id).exists():
-        n += 1
-        report.id = f"{base}-{n}"
-    path = report_path(home, report.id)
-    write_json_atomic(path, report.to_json())
-    report.path = path
-    return path
-
-
-def write_json_atomic(path: Path, doc: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=2, default=str)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _read_report(path: Path) -> BenchReport:
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read the report ({exc})") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: not a fieldkit bench report")
-    return BenchReport.from_json(doc, Path(path))
-
-
-def list_reports(home: Any) -> list[BenchReport]:
-    """Saved reports, oldest first (unreadable files are skipped)."""
-    out = []
-    for p in sorted(Path(home.reports_dir).glob("bench-*.json")):
-        try:
-            out.append(_read_report(p))
-        except ConfigError:
-            continue
-    out.sort(key=lambda r: (r.created_at, r.id))
-    return out
-
-
-def load_report(home: Any, ref: str | Path) -> BenchReport:
-    """A report by file path, by id, or by a unique beginning of an id."""
-    p = Path(ref).expanduser()
-    if p.is_file():
-        return _read_report(p)
-    text = str(ref)
-    exact = report_path(home, text)
-    if exact.is_file():
-        return _read_report(exact)
-    matches = sorted(Path(home.reports_dir).glob(f"bench-{glob_escape(text)}*.json"))
-    if len(matches) == 1:
-        return _read_report(matches[0])
-    if not matches:
-        raise ConfigError(f"no saved bench report {text!r} (not a file, not a report id)",
-                          hint="`fieldkit bench list` shows the saved reports")
-    ids = ", ".join(m.stem[len("bench-"):] for m in matches[:5]) + (" ..." if len(matches) > 5 else "")
-    raise ConfigError(f"{text!r} matches {len(matches)} reports ({ids}); give more of the id")
-
-
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
-
-
-@dataclass
-class CompareRow:
-    metric: str
-    a: Any
-    b: Any
-    unit: str = ""
-    delta_pct: float | None = None
-    better: str | None = None  # "a" | "b" | None (equal, or not comparable)
-
-
-def _get(doc: dict, path: str) -> Any:
-    cur: Any = doc
-    for part in path.split("."):
-        if not isinstance(cur, dict):
-            return None
-        cur = cur.get(part)
-    return cur
-
-
-def _max_temp(doc: dict) -> float | None:
-    temps = [z.get("max") for z in (doc.get("thermal") or {}).values() if z.get("max") is not None]
-    return max(temps) if temps else None
-
-
-# (label, getter, unit, lower_is_better: None when neither is better, e.g. text, thread count)
-_COMPARE: list[tuple[str, Callable[[dict], Any], str, bool | None]] = [
-    ("device", lambda d: d.get("device"), "", None),
-    ("profile", lambda d: d.get("profile"), "", None),
-    ("model", lambda d: _get(d, "model.name"), "", None),
-    ("model sha256", lambda d: (_get(d, "model.sha256") or "")[:12] or None, "", None),
-    ("model size", lambda d: _get(d, "model.size_bytes"), "bytes", True),
-    ("threads", lambda d: _get(d, "settings.threads"), "", None),
-    ("spin", lambda d: _get(d, "settings.spin"), "", None),
-    ("rate", lambda d: _get(d, "settings.rate_hz"), "Hz", None),
-    ("runs", lambda d: d.get("runs"), "", None),
-    ("session create", lambda d: d.get("session_create_ms"), "ms", True),
-    ("first run", lambda d: d.get("first_run_ms"), "ms", True),
-    ("min", lambda d: _get(d, "latency_ms.min"), "ms", True),
-    ("mean", lambda d: _get(d, "latency_ms.mean"), "ms", True),
-    ("std", lambda d: _get(d, "latency_ms.std"), "ms", True),
-    ("p50", lambda d: _get(d, "latency_ms.p50"), "ms", True),
-    ("p90", lambda d: _get(d, "latency_ms.p90"), "ms", True),
-    ("p95", lambda d: _get(d, "latency_ms.p95"), "ms", True),
-    ("p99", lambda d: _get(d, "latency_ms.p99"), "ms", True),
-    ("max", lambda d: _get(d, "latency_ms.max"), "ms", True),
-    ("p90 early stopping", lambda d: d.get("p90_early_stopping_ms"), "ms", True),
-    ("throughput", lambda d: d.get("throughput_ips"), "/s", False),
-    ("CPU", lambda d: d.get("cpu_percent"), "%", True),
-    ("peak RSS", lambda d: d.get("peak_rss_bytes"), "bytes", True),
-    ("lowest free memory", lambda d: _get(d, "memory.available_min"), "bytes", False),
-    ("max temperature", _max_temp, "°C", True),
-    ("deadline misses", lambda d: d.get("deadline_misses"), "", True),
-    ("verdict", lambda d: _get(d, "verdict.status"), "", None),
-]
-
-
-def compare(a: BenchReport | dict, b: BenchReport | dict) -> list[CompareRow]:
-    """Side-by-side rows of two reports; ``delta_pct`` = (b - a) / a x 100 for numbers."""
-    da = a.to_json() if isinstance(a, BenchReport) else a
-    db = b.to_json() if isinstance(b, BenchReport) else b
-    rows = []
-    for label, get, unit, lower_better in _COMPARE:
-        va, vb = get(da), get(db)
-        row = CompareRow(label, va, vb, unit)
-        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (va, vb))
-        if numeric:
-            if va:
-                row.delta_pct = round(100.0 * (vb - va) / va, 2)
-            if va != vb and lower_better is not None:
-                row.better = ("a" if va < vb else "b") if lower_better else ("a" if va > vb else "b")
-        rows.append(row)
-    return rows
 
 
 # --------------------------------------------------------------------------------------------------
@@ -715,9 +291,9 @@ def _push_cached(link: Any, local: Path, suffix: str, cache: str, *, what: str, 
     size = local.stat().st_size
     dest = posixpath.join(cache, sha + suffix)
     st = link.call("stat", {"path": dest}, cancel=cancel)
-    if st.get("exists") and st.get("size") == size:
+    if st.exists and st.size == size:
         return {"device_path": dest, "sha256": sha, "size_bytes": size, "uploaded": False}
-    partial = int(st.get("partial_size") or 0)
+    partial = st.partial_size or 0
     offset = partial if 0 < partial < size else 0
     _emit(progress, phase="upload", what=what, bytes_done=offset, bytes_total=size,
           message=f"uploading {local.name} to the bench cache" + (f" (resuming at {offset} bytes)" if offset else ""))
@@ -740,16 +316,16 @@ def _prepare_model(link: Any, spec: ModelSpec, profile: Any, cache: str, progres
                                               "version": spec.version}, cancel=cancel)
         except DeviceError as exc:
             raise DeviceError(f"{link.name}: {_device_message(exc)}", code=exc.code, hint=_HINTS.get(exc.code)) from None
-        return {"name": spec.name, "version": found.get("version"), "source": "installed",
-                "path": found["path"], "device_path": found["path"], "sha256": None,
-                "size_bytes": found.get("size"), "uploaded": None, "release": found.get("release") or {}}
+        return {"name": spec.name, "version": found.version, "source": "installed",
+                "path": found.path, "device_path": found.path, "sha256": None,
+                "size_bytes": found.size, "uploaded": None, "release": dict(found.release or {})}
     assert spec.file is not None
     pushed = _push_cached(link, spec.file, ".onnx", cache, what="model", progress=progress, cancel=cancel)
     model = {"name": spec.name, "version": spec.version, "source": spec.kind, "path": str(spec.file)}
     model.update(pushed)
     if spec.kind == "dir":
         model["directory"] = str(spec.directory)
-        model["release"] = {k: spec.release[k] for k in ("name", "version", "description", "model_file")
+        model["release"] = {k: spec.release[k] for k in ("name", "version", "description", "model", "model_file")
                             if k in spec.release}
     return model
 
@@ -767,7 +343,8 @@ def _device_message(exc: DeviceError, model: dict | None = None) -> str:
 def _progress_relay(progress: ProgressFn | None, settings: BenchSettings, started: dict) -> ProgressFn:
     duration = settings.effective_duration_s
 
-    def on_event(ev: dict) -> None:
+    def on_event(event: Any) -> None:
+        ev = event.model_dump() if hasattr(event, "model_dump") else dict(event)
         kind = ev.get("event")
         if kind == "started":
             started.update(ev)
@@ -796,69 +373,55 @@ def _progress_relay(progress: ProgressFn | None, settings: BenchSettings, starte
     return on_event
 
 
-def run_bench(link_or_dev: Any, model_spec: ModelSpec | str | Path, settings: BenchSettings | None = None, *,
+def run_bench(session_or_dev: Any, model_spec: ModelSpec | str | Path, settings: BenchSettings | None = None, *,
               profile: Any = None, use_case: str | None = None, budget_ms: float | None = None,
               progress: ProgressFn | None = None, cancel: threading.Event | None = None,
               home: Any = None, connect_timeout: float = 15.0) -> BenchReport:
-    """Benchmark ``model_spec`` on a device and judge it.
+    """Benchmark ``model_spec`` on a device and judge it; the run is recorded in the session's journal.
 
-    ``link_or_dev`` is a connected :class:`~fieldkit.link.client.DeviceLink` (left open), or an
-    inventory name / target string / ``ResolvedDevice`` (connected here and closed afterwards).
-    ``profile`` is a Profile or profile name (default: the device's, else generic-linux).
+    ``session_or_dev`` is an open :class:`~fieldkit.devices.DeviceSession` (left open), or an
+    inventory name / target string / ``ResolvedDevice`` (a session is opened here and closed
+    afterwards). ``profile`` is a Profile or profile name (default: the device's).
     ``progress`` receives dicts with a ``phase``: connect, resolve, upload (bytes_done,
     bytes_total), started, warmup / run (runs, runs_target, elapsed_s, eta_s, fraction, p50_ms,
     p90_ms, p99_ms, last_ms, temp_c). It is called from the link's reader thread: keep it quick.
     Setting ``cancel`` stops the run on the device (its process group is ended) and raises
     :class:`~fieldkit.errors.Cancelled`. Device failures raise DeviceError with the device's code.
     """
-    from fieldkit.link.client import DeviceLink
+    from fieldkit.devices import DeviceSession, ResolvedDevice, open_session, resolve
     from fieldkit.locations import Home
-    from fieldkit.profiles import DEFAULT_PROFILE, Profile, get_profile
+    from fieldkit.profiles import Profile, get_profile
 
-    settings = (settings or BenchSettings()).validate()
+    settings = settings or BenchSettings()
     spec = model_spec if isinstance(model_spec, ModelSpec) else parse_model_spec(str(model_spec))
     home = home or Home.current()
     if budget_ms is not None and not budget_ms > 0:
-        raise ConfigError(f"--budget-ms must be a positive number of milliseconds, got {budget_ms:g}")
+        raise ConfigError(f"the latency budget must be a positive number of milliseconds, got {budget_ms:g}")
 
-    dev = None
-    if isinstance(link_or_dev, DeviceLink):
-        link, own = link_or_dev, False
-        prof = profile if isinstance(profile, Profile) else get_profile(profile or DEFAULT_PROFILE, home)
-        device, target = link.name, link.name
+    if isinstance(session_or_dev, DeviceSession):
+        session, own = session_or_dev, False
+        dev = session.device
     else:
-        from fieldkit.link.connect import ResolvedDevice, resolve
-
-        if isinstance(link_or_dev, ResolvedDevice):
-            dev = link_or_dev
-        else:
-            dev = resolve(str(link_or_dev), home, profile if isinstance(profile, str) else None)
-        prof = profile if isinstance(profile, Profile) else dev.profile
-        device, target = dev.name, dev.target
-        link, own = None, True
+        session, own = None, True
+        dev = session_or_dev if isinstance(session_or_dev, ResolvedDevice) else resolve(
+            str(session_or_dev), home, profile if isinstance(profile, str) else None)
+    prof = profile if isinstance(profile, Profile) else (get_profile(profile, home) if profile else dev.profile)
     uc = prof.use_case(use_case) if use_case else None  # ConfigError listing the use cases, before connecting
     metric = uc.metric if uc else DEFAULT_METRIC
     budget = budget_ms if budget_ms is not None else (uc.budget_ms if uc else None)
 
     _check_cancel(cancel, "before connecting")
-    if link is None:
-        from fieldkit.link.connect import connect
-
-        _emit(progress, phase="connect", message=f"connecting to {device}")
-        link = connect(dev, home, timeout=connect_timeout)
+    if session is None:
+        _emit(progress, phase="connect", message=f"connecting to {dev.name}")
+        session = open_session(dev, home, timeout=connect_timeout)
     try:
-        if "bench" not in (link.agent.get("ops") or []):
-            raise DeviceError(f"{device}: the agent there (version {link.agent.get('agent_version')}) cannot run "
+        if not session.supports("bench"):
+            raise DeviceError(f"{dev.name}: the agent there (version {session.hello.agent_version}) cannot run "
                               "benchmarks", code="unsupported",
                               hint="update the agent on the device (over SSH fieldkit pushes the current one)")
-        journal = getattr(link, "journal", None)
-        if journal is None:
-            from fieldkit.link.connect import journal_for
-
-            journal = journal_for(home)
-        with journal.operation(device, "bench.run", {"model": spec.label, "use_case": use_case,
-                                                     "budget_ms": budget, "settings": settings.agent_args()}) as op:
-            report = _run(link, spec, settings, prof, device, target, use_case, uc, metric, budget, progress, cancel)
+        with session.operation("bench.run", {"model": spec.label, "use_case": use_case,
+                                             "budget_ms": budget, "settings": settings.agent_args()}) as op:
+            report = _run(session, spec, settings, prof, use_case, uc, metric, budget, progress, cancel)
             lat = report.result.get("latency_ms") or {}
             op.details.update(report_id=report.id, model_sha256=report.model.get("sha256"),
                               verdict=report.verdict.status, reasons=report.verdict.reasons,
@@ -866,12 +429,13 @@ def run_bench(link_or_dev: Any, model_spec: ModelSpec | str | Path, settings: Be
         return report
     finally:
         if own:
-            link.close()
+            session.close()
 
 
-def _run(link: Any, spec: ModelSpec, settings: BenchSettings, prof: Any, device: str, target: str,
-         use_case: str | None, uc: Any, metric: str, budget: float | None, progress: ProgressFn | None,
-         cancel: threading.Event | None) -> BenchReport:
+def _run(session: Any, spec: ModelSpec, settings: BenchSettings, prof: Any, use_case: str | None, uc: Any,
+         metric: str, budget: float | None, progress: ProgressFn | None, cancel: threading.Event | None) -> BenchReport:
+    link = session
+    device, target = session.name, session.target
     cache = bench_cache_dir(prof)
     model = _prepare_model(link, spec, prof, cache, progress, cancel)
     inputs = None
@@ -887,8 +451,8 @@ def _run(link: Any, spec: ModelSpec, settings: BenchSettings, prof: Any, device:
     _emit(progress, phase="starting", message="starting the benchmark process on the device")
     for attempt in (1, 2):
         try:
-            result = link.call("bench", args, timeout=timeout, on_event=_progress_relay(progress, settings, started),
-                               cancel=cancel)
+            result = session.call("bench", args, timeout=timeout, cancel=cancel,
+                                  on_event=_progress_relay(progress, settings, started)).model_dump()
             break
         except Cancelled as exc:
             detail = str(exc).split(" cancelled: ", 1)[1] if " cancelled: " in str(exc) else ""
@@ -935,13 +499,13 @@ def _run(link: Any, spec: ModelSpec, settings: BenchSettings, prof: Any, device:
     result["inputs"] = ran.get("inputs")
     result["providers"] = ran.get("providers")
     result.setdefault("onnxruntime", ran.get("onnxruntime"))
-    agent = {"version": link.agent.get("agent_version"), "python": ran.get("python") or link.agent.get("python"),
+    agent = {"version": session.hello.agent_version, "python": ran.get("python") or session.hello.python,
              "machine": ran.get("machine"), "onnxruntime": result.get("onnxruntime"), "pid": ran.get("pid")}
     now = datetime.now(timezone.utc)
     report = BenchReport(
-        id=f"{now:%Y%m%d-%H%M%S}-{_slug(device, 24)}-{_slug(spec.label)}",
+        id=new_report_id(now, device, spec.label),
         created_at=now.isoformat(timespec="seconds"),
-        device=device, target=target, transport=getattr(link, "transport", ""), profile=prof.name,
+        device=device, target=target, transport=session.transport, profile=prof.name,
         use_case=use_case, budget_ms=budget, metric=metric, model=model, settings=full_settings,
         result=result, verdict=Verdict("warn", []), agent=agent)
     report.verdict = verdict(report.to_json(), prof, use_case=use_case, budget_ms=budget, metric=metric)
@@ -949,8 +513,3 @@ def _run(link: Any, spec: ModelSpec, settings: BenchSettings, prof: Any, device:
     return report
 
 
-__all__ = [
-    "BenchReport", "BenchSettings", "Check", "CompareRow", "ModelSpec", "Verdict", "bench_cache_dir", "compare",
-    "fmt_ms", "list_reports", "load_report", "parse_model_spec", "parse_shape", "run_bench", "save_report",
-    "verdict",
-]

@@ -6,24 +6,16 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
+from fieldkit.checks import Check, worst
 from fieldkit.errors import FieldkitError
 
-RANK = {"n/a": -1, "ok": 0, "warn": 1, "crit": 2, "unreachable": 3}
-
-
-@dataclass
-class Check:
-    name: str
-    status: str  # ok | warn | crit | n/a
-    value: Any
-    message: str
-    threshold: dict | None = None
-
+log = logging.getLogger(__name__)
 
 @dataclass
 class HealthReport:
@@ -45,7 +37,7 @@ class HealthReport:
             "target": self.target,
             "profile": self.profile,
             "status": self.status,
-            "checks": [asdict(c) for c in self.checks],
+            "checks": [c.to_json() for c in self.checks],
         }
         if self.error:
             doc["error"] = self.error
@@ -67,22 +59,17 @@ class HealthReport:
         return doc
 
 
-def worst(statuses: list[str]) -> str:
-    real = [s for s in statuses if s in ("ok", "warn", "crit", "unreachable")]
-    return max(real, key=RANK.__getitem__) if real else "ok"
-
-
 def _grade(name: str, value: float | None, th: Any, fmt: str, what: str) -> Check:
     """Higher is worse. ``th`` has ``warn`` and ``crit``."""
     limits = {"warn": th.warn, "crit": th.crit}
     if value is None:
-        return Check(name, "n/a", None, f"{what}: not available on this device", limits)
+        return Check(name, "n/a", f"{what}: not available on this device", None, limits)
     shown = fmt.format(value)
     if value >= th.crit:
-        return Check(name, "crit", value, f"{what} {shown} at or above the critical limit {fmt.format(th.crit)}", limits)
+        return Check(name, "crit", f"{what} {shown} at or above the critical limit {fmt.format(th.crit)}", value, limits)
     if value >= th.warn:
-        return Check(name, "warn", value, f"{what} {shown} at or above the warning limit {fmt.format(th.warn)}", limits)
-    return Check(name, "ok", value, f"{what} {shown} (warn at {fmt.format(th.warn)})", limits)
+        return Check(name, "warn", f"{what} {shown} at or above the warning limit {fmt.format(th.warn)}", value, limits)
+    return Check(name, "ok", f"{what} {shown} (warn at {fmt.format(th.warn)})", value, limits)
 
 
 def evaluate(raw: dict, profile: Any, clock_offset_s: float | None) -> list[Check]:
@@ -98,22 +85,22 @@ def evaluate(raw: dict, profile: Any, clock_offset_s: float | None) -> list[Chec
     mem = raw.get("memory") or {}
     checks.append(_grade("memory", mem.get("used_percent"), t.memory_used_percent, "{:.0f} %", "memory used"))
     if mem and not mem.get("swap_total"):
-        checks.append(Check("swap", "ok", 0.0, "no swap configured"))
+        checks.append(Check("swap", "ok", "no swap configured", 0.0))
     else:
         checks.append(_grade("swap", mem.get("swap_used_percent"), t.swap_used_percent, "{:.0f} %", "swap used"))
     headroom = getattr(getattr(profile, "memory", None), "headroom_mb", None)
     if mem.get("available") is not None and headroom:
         avail_mb = mem["available"] / 2**20
         status = "ok" if avail_mb >= headroom else "warn"
-        checks.append(Check("memory_headroom", status, round(avail_mb),
+        checks.append(Check("memory_headroom", status,
                             f"{avail_mb:.0f} MB available; the profile keeps {headroom} MB free for OS, runtime and logging"
                             + ("" if status == "ok" else ": little room left to load a model"),
-                            {"min_mb": headroom}))
+                            round(avail_mb), {"min_mb": headroom}))
 
     for disk in raw.get("disks") or []:
         label = disk.get("label", "disk")
         if disk.get("used_percent") is None:
-            checks.append(Check(f"disk:{label}", "n/a", None, f"{label} filesystem: {disk.get('error', 'not available')}"))
+            checks.append(Check(f"disk:{label}", "n/a", f"{label} filesystem: {disk.get('error', 'not available')}", None))
             continue
         c = _grade(f"disk:{label}", disk["used_percent"], t.disk_used_percent, "{:.0f} %",
                    f"{label} filesystem ({disk.get('path')} on {disk.get('mount')}) used")
@@ -122,7 +109,7 @@ def evaluate(raw: dict, profile: Any, clock_offset_s: float | None) -> list[Chec
 
     zones = raw.get("temperatures") or []
     if not zones:
-        checks.append(Check("temperature", "n/a", None, "no thermal zones: temperature not available on this device"))
+        checks.append(Check("temperature", "n/a", "no thermal zones: temperature not available on this device", None))
     for z in zones:
         limit = t.temperature_for(z["type"]) if hasattr(t, "temperature_for") else t.temperature_c
         checks.append(_grade(f"temp:{z['type']}", z["temp_c"], limit, "{:.1f} °C", f"{z['type']} ({z['zone']})"))
@@ -130,7 +117,7 @@ def evaluate(raw: dict, profile: Any, clock_offset_s: float | None) -> list[Chec
     checks.append(_throttle_check(raw.get("throttling") or {}, cpu))
 
     if clock_offset_s is None:
-        checks.append(Check("clock", "n/a", None, "clock offset not measured"))
+        checks.append(Check("clock", "n/a", "clock offset not measured", None))
     else:
         c = _grade("clock", abs(clock_offset_s), t.clock_offset_s, "{:.2f} s", "clock offset from this laptop")
         c.value = round(clock_offset_s, 3)
@@ -141,25 +128,25 @@ def evaluate(raw: dict, profile: Any, clock_offset_s: float | None) -> list[Chec
 
     rt = raw.get("runtime") or {}
     if rt.get("onnxruntime"):
-        checks.append(Check("onnxruntime", "ok", rt["onnxruntime"],
-                            f"onnxruntime {rt['onnxruntime']} ({', '.join(rt.get('providers') or [])})"))
+        checks.append(Check("onnxruntime", "ok",
+                            f"onnxruntime {rt['onnxruntime']} ({', '.join(rt.get('providers') or [])})", rt["onnxruntime"]))
     else:
-        checks.append(Check("onnxruntime", "warn", None,
+        checks.append(Check("onnxruntime", "warn",
                             (rt.get("onnxruntime_error") or "onnxruntime is not installed")
-                            + ": models cannot be benchmarked or run on this device"))
+                            + ": models cannot be benchmarked or run on this device", None))
 
     svc = raw.get("service")
     if svc:
         state = svc.get("state")
         unit = svc.get("unit")
         if state == "active":
-            checks.append(Check("service", "ok", state, f"{unit} is running"))
+            checks.append(Check("service", "ok", f"{unit} is running", state))
         elif state in ("not available",):
-            checks.append(Check("service", "n/a", state, f"{unit}: {svc.get('detail', 'systemd not available')}"))
+            checks.append(Check("service", "n/a", f"{unit}: {svc.get('detail', 'systemd not available')}", state))
         elif state == "not-found":
-            checks.append(Check("service", "warn", state, f"{unit} is not installed on the device"))
+            checks.append(Check("service", "warn", f"{unit} is not installed on the device", state))
         else:
-            checks.append(Check("service", "crit", state, f"{unit} is {state}: the inference service is not running"))
+            checks.append(Check("service", "crit", f"{unit} is {state}: the inference service is not running", state))
     return checks
 
 
@@ -168,41 +155,43 @@ def _throttle_check(th: dict, cpu: dict) -> Check:
     past = {k for k, v in (th.get("since_boot") or {}).items() if v}
     if th.get("source") == "vcgencmd":
         if now & {"under_voltage", "throttled"}:
-            return Check("throttling", "crit", th.get("raw"),
-                         f"throttled now ({', '.join(sorted(now))}): check the power supply and cooling")
+            return Check("throttling", "crit",
+                         f"throttled now ({', '.join(sorted(now))}): check the power supply and cooling", th.get("raw"))
         if now:
-            return Check("throttling", "warn", th.get("raw"), f"limited now ({', '.join(sorted(now))})")
+            return Check("throttling", "warn", f"limited now ({', '.join(sorted(now))})", th.get("raw"))
         if past:
-            return Check("throttling", "warn", th.get("raw"),
-                         f"not throttled now, but since boot: {', '.join(sorted(past))}")
-        return Check("throttling", "ok", th.get("raw"), "no throttling reported by the firmware")
+            return Check("throttling", "warn",
+                         f"not throttled now, but since boot: {', '.join(sorted(past))}", th.get("raw"))
+        return Check("throttling", "ok", "no throttling reported by the firmware", th.get("raw"))
     if th.get("max_mhz"):
         cur, mx = th.get("cur_max_mhz"), th["max_mhz"]
         busy = (cpu.get("percent") or 0) >= 80
         if busy and cur and cur < 0.7 * mx:
-            return Check("throttling", "warn", cur,
-                         f"CPU busy but running at {cur} of {mx} MHz: frequency capped (thermal or power)")
-        return Check("throttling", "ok", cur, f"CPU at up to {cur} of {mx} MHz")
-    return Check("throttling", "n/a", None, "no throttle or frequency information on this device")
+            return Check("throttling", "warn",
+                         f"CPU busy but running at {cur} of {mx} MHz: frequency capped (thermal or power)", cur)
+        return Check("throttling", "ok", f"CPU at up to {cur} of {mx} MHz", cur)
+    return Check("throttling", "n/a", "no throttle or frequency information on this device", None)
 
 
-def measure(link: Any, profile: Any, *, sample_s: float = 0.25, timeout: float = 30.0,
+def measure(session: Any, *, sample_s: float = 0.25, timeout: float = 30.0,
             cancel: Any = None) -> tuple[dict, float]:
-    """Ask the agent for readings; returns (raw, clock_offset_s)."""
+    """Ask the agent of an open :class:`~fieldkit.devices.DeviceSession` for readings judged by its
+    profile; returns (raw readings, clock_offset_s). The readings were validated at the session."""
+    profile = session.profile
     paths = profile.paths
     args = {
         "paths": {"models": paths.models, "staging": paths.staging},
-        "service_unit": profile.service.unit if getattr(profile, "service", None) else None,
+        "service_unit": profile.service.unit if profile.service else None,
         "sample_s": sample_s,
     }
     t0 = time.time()
     m0 = time.monotonic()
     # Measure the clock offset with a quick ping first (health itself takes sample_s).
-    ping = link.call("ping", timeout=timeout, cancel=cancel)
+    ping = session.call("ping", timeout=timeout, cancel=cancel)
     m1 = time.monotonic()
-    offset = ping["time"] - (t0 + (m1 - m0) / 2)
-    raw = link.call("health", args, timeout=timeout, cancel=cancel)
-    return raw, offset
+    offset = ping.time - (t0 + (m1 - m0) / 2)
+    raw = session.call("health", args, timeout=timeout, cancel=cancel)
+    return raw.model_dump(), offset
 
 
 def report_from(device: str, target: str, profile: Any, raw: dict, offset: float | None) -> HealthReport:
@@ -214,30 +203,42 @@ def report_from(device: str, target: str, profile: Any, raw: dict, offset: float
 
 
 def check_device(spec: str, home: Any, *, sample_s: float = 0.25, timeout: float = 15.0,
-                 profile: str | None = None) -> HealthReport:
-    """Connect to one device (inventory name or target), measure and judge. Never raises for
-    device problems: an unreachable device becomes a report with status ``unreachable``."""
-    from fieldkit.link.connect import connect, resolve
+                 profile: str | None = None, journal: Any = None) -> HealthReport:
+    """Connect to one device (inventory name or target), measure, judge and journal. Never raises
+    for device problems: an unreachable device becomes a report with status ``unreachable``, a
+    device that refuses or answers nonsense one with status ``crit`` and the reason."""
+    from fieldkit.devices import open_session
 
-    dev = resolve(spec, home, profile)
     try:
-        with connect(dev, home, timeout=timeout) as link:
-            raw, offset = measure(link, dev.profile, sample_s=sample_s, timeout=timeout)
-        report = report_from(dev.name, dev.target, dev.profile, raw, offset)
-        record_health(link, report)
-        return report
+        with open_session(spec, home, journal=journal, profile=profile, timeout=timeout) as session:
+            raw, offset = measure(session, sample_s=sample_s, timeout=timeout)
+            report = report_from(session.name, session.target, session.profile, raw, offset)
+            record_health(session, report)
+            return report
     except FieldkitError as exc:
-        return HealthReport(device=dev.name, target=dev.target, profile=dev.profile.name,
-                            status="unreachable" if exc.exit_code == 3 else "crit",
-                            error=str(exc), exit_code=exc.exit_code, exception=exc)
+        return _failed_report(spec, home, profile, exc, exc.exit_code)
+    except Exception as exc:  # a fault of fieldkit's: this device's report says so, the others go on
+        log.debug("health check of %s failed", spec, exc_info=True)
+        return _failed_report(spec, home, profile, exc, 4)
 
 
-def record_health(link: Any, report: HealthReport) -> None:
-    """Write a health check to the operator journal (through the link's journal seam)."""
-    journal = getattr(link, "journal", None)
-    if journal is None:
-        return
-    journal.record(report.device, "health.check", "ok", {
+def _failed_report(spec: str, home: Any, profile: str | None, exc: Exception, exit_code: int) -> HealthReport:
+    from fieldkit.devices import resolve
+
+    try:
+        dev = resolve(spec, home, profile)
+        name, target, prof = dev.name, dev.target, dev.profile.name
+    except FieldkitError:
+        name, target, prof = spec[:120], spec[:120], profile or "-"
+    message = str(exc) if isinstance(exc, FieldkitError) else f"internal error: {type(exc).__name__}: {exc}"
+    return HealthReport(device=name, target=target, profile=prof,
+                        status="unreachable" if exit_code == 3 else "crit", error=message, exit_code=exit_code,
+                        exception=exc if isinstance(exc, FieldkitError) else None)
+
+
+def record_health(session: Any, report: HealthReport) -> None:
+    """Write a health check to the operator journal of the session it was measured through."""
+    session.record("health.check", "ok", {
         "status": report.status, "profile": report.profile,
         "problems": [f"{c.name}: {c.message}" for c in report.checks if c.status in ("warn", "crit")],
         "clock_offset_s": report.clock_offset_s,
@@ -245,8 +246,12 @@ def record_health(link: Any, report: HealthReport) -> None:
 
 
 def check_many(specs: list[str], home: Any, *, max_workers: int = 8, **kw: Any) -> list[HealthReport]:
-    """Health of several devices at once (bounded pool), in the order given."""
-    if len(specs) == 1:
-        return [check_device(specs[0], home, **kw)]
-    with ThreadPoolExecutor(max_workers=min(max_workers, len(specs))) as pool:
-        return list(pool.map(lambda s: check_device(s, home, **kw), specs))
+    """Health of several devices at once (bounded pool, one shared journal), in the order given.
+    One device's failure never stops the others."""
+    from fieldkit.journal import Journal
+
+    with Journal.open(home) as journal:
+        if len(specs) == 1:
+            return [check_device(specs[0], home, journal=journal, **kw)]
+        with ThreadPoolExecutor(max_workers=min(max_workers, len(specs))) as pool:
+            return list(pool.map(lambda s: check_device(s, home, journal=journal, **kw), specs))

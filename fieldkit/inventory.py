@@ -23,17 +23,18 @@ import contextlib
 import glob
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 from fieldkit.errors import ConfigError
+from fieldkit.fsutil import atomic_write
 from fieldkit.locations import Home
 from fieldkit.profiles import DEFAULT_PROFILE, NAME_PATTERN, get_profile, read_toml
 
 __all__ = [
+    "RESERVED_DEVICE_NAMES",
     "Device",
     "add_device",
     "get_device",
@@ -74,6 +75,17 @@ class Device:
 # Validation
 
 
+RESERVED_DEVICE_NAMES: dict[str, str] = {
+    "list": "`fieldkit bench list` would be ambiguous",
+    "compare": "`fieldkit bench compare` would be ambiguous",
+    "verify": "`fieldkit models verify` and `fieldkit report verify` would be ambiguous",
+    "remove": "`fieldkit models remove` would be ambiguous",
+    "all": "it stands for every device",
+}
+"""Words that share a position with a device name on the command line (``bench list|compare``,
+``models verify|remove``, ``report verify``), so no device may be named after them; each with why."""
+
+
 def validate_device_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise ConfigError(
@@ -81,6 +93,8 @@ def validate_device_name(name: str) -> str:
             "starting with a letter or digit",
             hint='e.g. "line3-cam" or "press_07"',
         )
+    if name in RESERVED_DEVICE_NAMES:
+        raise ConfigError(f"'{name}' is a reserved word: {RESERVED_DEVICE_NAMES[name]}; choose another name")
     return name
 
 
@@ -236,28 +250,6 @@ def _render(devices: list[Device]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if hasattr(os, "O_DIRECTORY"):
-        with contextlib.suppress(OSError):
-            dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-
-
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """Exclusive lock around a read-modify-write of ``path`` (via ``path.lock``)."""
@@ -313,7 +305,7 @@ def add_device(
             devices[existing[0]] = device
         else:
             devices.append(device)
-        _atomic_write(home.inventory, _render(devices))
+        atomic_write(home.inventory, _render(devices))
     return device
 
 
@@ -327,7 +319,7 @@ def remove_device(home: Home | None, name: str) -> Device:
             names = ", ".join(d.name for d in devices) or "(the inventory is empty)"
             raise ConfigError(f'no device named "{name}" in the inventory; known: {names}')
         removed = next(d for d in devices if d.name == name)
-        _atomic_write(home.inventory, _render(keep))
+        atomic_write(home.inventory, _render(keep))
     return removed
 
 

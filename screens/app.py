@@ -116,7 +116,7 @@ class FieldkitApp(App[None]):
     @work(thread=True, group="trust")
     def pin_host_key(self, device: str, target: str, fingerprint: str, on_trusted: Callable[[], None] | None) -> None:
         from fieldkit.errors import FieldkitError
-        from fieldkit.link.connect import trust_device
+        from fieldkit.devices import trust_device
 
         try:
             res = trust_device(self.home, device, fingerprint=fingerprint)
@@ -130,7 +130,7 @@ class FieldkitApp(App[None]):
     @work(thread=True, group="trust")
     def record_decline(self, device: str, fingerprint: str) -> None:
         from fieldkit.errors import FieldkitError
-        from fieldkit.link.connect import record_decline
+        from fieldkit.devices import record_decline
 
         try:
             record_decline(self.home, device, fingerprint)
@@ -139,24 +139,21 @@ class FieldkitApp(App[None]):
 
     @work(thread=True, group="trust")
     def check_host_key(self, device: str) -> None:
+        from fieldkit.devices import check_host_key, resolve
         from fieldkit.errors import FieldkitError, HostKeyError
-        from fieldkit.link.connect import resolve
-        from fieldkit.link.hostkeys import fetch_host_key, KnownHosts
-        from fieldkit.link.targets import SshTarget, parse_target
 
         try:
-            dev = resolve(device, self.home)
-            target = parse_target(dev.target)
-            if not isinstance(target, SshTarget):
+            known = check_host_key(self.home, device, connect_timeout=10.0)
+            if known is None:
                 self.call_from_thread(self.notify, f"{device} is not an SSH device: no host key", timeout=4)
                 return
-            key_type, fp, pkey = fetch_host_key(target, self.home, connect_timeout=10.0)
-            from fieldkit.link.ssh import resolve_ssh_target
-
-            res = resolve_ssh_target(target)
-            KnownHosts.load(self.home).check(res.known_hosts_name, pkey, display=str(target), target=str(target))
+            _key_type, fp = known
         except HostKeyError as exc:
-            self.call_from_thread(self.ask_host_key, device, dev.target, exc)
+            try:
+                target = resolve(device, self.home).target
+            except FieldkitError:
+                target = device
+            self.call_from_thread(self.ask_host_key, device, target, exc)
             return
         except FieldkitError as exc:
             self.call_from_thread(self.notify, str(exc), title=device, severity="error", timeout=8)

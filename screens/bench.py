@@ -4,7 +4,6 @@ compare saved runs. All measuring is fieldkit.bench.run_bench on the device."""
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from typing import Any
 
@@ -13,7 +12,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import (Button, DataTable, Footer, Header, Input, Label, ProgressBar, Select, Sparkline,
+from textual.widgets import (Button, DataTable, Footer, Header, Input, ProgressBar, Select, Sparkline,
                              Static)
 
 from screens.actions import BENCH, bindings
@@ -48,7 +47,7 @@ class BenchScreen(Screen):
         self.selected_reports: list[str] = []
 
     def compose(self) -> ComposeResult:
-        from fieldkit.link.connect import resolve
+        from fieldkit.devices import resolve
 
         try:
             profile = resolve(self.device, self.home).profile
@@ -108,7 +107,7 @@ class BenchScreen(Screen):
         thr = self.query_one("#threads", Input).value.strip()
         case = self.query_one("#use-case", Select).value
         try:
-            settings = BenchSettings(duration_s=float(dur) if dur else None, threads=int(thr) if thr else 0).validate()
+            settings = BenchSettings(duration_s=float(dur) if dur else None, threads=int(thr) if thr else 0)
         except (FieldkitError, ValueError) as exc:
             self.notify(str(exc), severity="error")
             return
@@ -124,7 +123,8 @@ class BenchScreen(Screen):
 
     @work(thread=True, exclusive=True, group="bench-run")
     def run_bench_worker(self, model: str, settings: Any, use_case: str | None) -> None:
-        from fieldkit.bench import run_bench, save_report
+        from fieldkit.bench import run_bench
+        from fieldkit.benchreport import save_report
         from fieldkit.errors import FieldkitError
 
         try:
@@ -209,7 +209,7 @@ class BenchScreen(Screen):
 
     # ---- saved runs and compare -------------------------------------------------------------------
     def load_saved(self) -> None:
-        from fieldkit.bench import list_reports
+        from fieldkit.benchreport import list_reports
 
         table = self.query_one("#saved", DataTable)
         table.clear()
@@ -240,7 +240,7 @@ class BenchScreen(Screen):
         if len(self.selected_reports) != 2:
             self.notify("pick two saved runs (Enter on each) to compare", severity="warning")
             return
-        from fieldkit.bench import compare, load_report
+        from fieldkit.benchreport import compare, load_report
 
         a, b = (load_report(self.home, r) for r in self.selected_reports)
         table = self.query_one("#results", DataTable)

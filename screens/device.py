@@ -16,7 +16,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Sparkline, Static
 
 from screens.actions import DEVICE, bindings
-from screens.fleet import STATUS_STYLE
+from screens.styles import STATUS_STYLE
 
 INTERVALS = [0.5, 1.0, 2.0, 5.0, 10.0, 30.0]
 BACKOFF = [1.0, 2.0, 4.0, 8.0, 15.0]
@@ -44,7 +44,7 @@ class DeviceScreen(Screen):
         self.device = name
         self.interval = interval
         self.paused = False
-        self.link: Any = None
+        self.session: Any = None  # fieldkit.devices.DeviceSession while connected
         self.dev: Any = None
         self.connected = False
         self.failures = 0
@@ -107,24 +107,24 @@ class DeviceScreen(Screen):
     @work(thread=True, exclusive=True, group="device-poll")
     def poll_worker(self) -> None:
         from fieldkit.errors import FieldkitError
+        from fieldkit.devices import open_session, resolve
         from fieldkit.health import measure, record_health, report_from
-        from fieldkit.link.connect import connect, resolve
 
         try:
             if self.dev is None:
                 self.dev = resolve(self.device, self.home)
-            if self.link is None or self.link.closed:
-                self.link = connect(self.dev, self.home, timeout=10.0, dead_after_s=5.0)
-            raw, offset = measure(self.link, self.dev.profile, timeout=10.0, cancel=self.stop_event)
+            if self.session is None or self.session.closed:
+                self.session = open_session(self.dev, self.home, timeout=10.0, dead_after_s=5.0)
+            raw, offset = measure(self.session, timeout=10.0, cancel=self.stop_event)
             report = report_from(self.dev.name, self.dev.target, self.dev.profile, raw, offset)
             if report.status != self.recorded_status:  # journal the first sample and every change
-                record_health(self.link, report)
+                record_health(self.session, report)
                 self.recorded_status = report.status
             self.post_message(Sample(report))
         except FieldkitError as exc:
-            if self.link is not None:
-                self.link.close()
-                self.link = None
+            if self.session is not None:
+                self.session.close()
+                self.session = None
             delay = BACKOFF[min(self.failures, len(BACKOFF) - 1)]
             self.post_message(LinkDown(str(exc).splitlines()[0], exc, delay))
 
@@ -237,10 +237,9 @@ class DeviceScreen(Screen):
         self.stop_event.set()
         if self._timer is not None:
             self._timer.stop()
-        link = self.link
-        self.link = None
-        if link is not None:
-            threading.Thread(target=link.close, daemon=True).start()
+        session, self.session = self.session, None
+        if session is not None:
+            threading.Thread(target=session.close, daemon=True).start()
         self.notify(f"stopped polling {self.device}; link closed, nothing left running on the device",
                     timeout=3)
         self.app.pop_screen()
@@ -278,6 +277,6 @@ class DeviceScreen(Screen):
 
     def on_unmount(self) -> None:
         self.stop_event.set()
-        if self.link is not None:
-            link, self.link = self.link, None
-            threading.Thread(target=link.close, daemon=True).start()
+        if self.session is not None:
+            session, self.session = self.session, None
+            threading.Thread(target=session.close, daemon=True).start()

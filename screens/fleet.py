@@ -14,14 +14,11 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from screens.actions import FLEET, bindings
+from screens.styles import STATUS_STYLE
 
 COLUMNS = [("device", "Device"), ("transport", "Link"), ("profile", "Profile"), ("status", "Health"),
            ("cpu", "CPU"), ("mem", "Mem"), ("temp", "Temp"), ("agent", "Agent"), ("seen", "Last seen"),
            ("note", "Note")]
-
-STATUS_STYLE = {"ok": "[green]ok[/]", "warn": "[yellow bold]WARN[/]", "crit": "[red bold]CRIT[/]",
-                "unreachable": "[magenta bold]DOWN[/]", "checking": "[dim]checking…[/]"}
-
 
 @dataclass
 class Row:

@@ -1,6 +1,6 @@
 """The serial reliability layer (fieldkit.agent.arq) over real pseudo-terminals, no mocks.
 
-Each test builds a simulated cable (fieldkit.ptyrelay.PtyRelay: two pty pairs joined by a relay
+Each test builds a simulated cable (fieldkit.sim.ptyrelay.PtyRelay: two pty pairs joined by a relay
 thread that can corrupt, pause and throttle the line), opens both ends with
 fieldkit.agent.streams.open_tty exactly as the agent and the laptop open a serial device, and runs
 ArqLink on each end.
@@ -25,7 +25,7 @@ from fieldkit.agent import arq, cobs
 from fieldkit.agent.arq import ArqLink
 from fieldkit.agent.protocol import FrameReader, FrameWriter, StreamClosed
 from fieldkit.agent.streams import open_tty
-from fieldkit.ptyrelay import FaultInjector, PtyRelay
+from fieldkit.sim.ptyrelay import FaultInjector, PtyRelay
 
 AGENT_DIR = Path(__file__).resolve().parent.parent / "fieldkit" / "agent"
 

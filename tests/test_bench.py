@@ -19,12 +19,10 @@ import pytest
 from conftest import ROOT, run_cli
 from models import models  # noqa: F401  (session fixture)
 
-from fieldkit.bench import (
-    BenchSettings, bench_cache_dir, compare, list_reports, load_report, parse_model_spec, run_bench, save_report,
-    verdict,
-)
+from fieldkit.bench import BenchSettings, bench_cache_dir, parse_model_spec, run_bench
+from fieldkit.benchreport import compare, list_reports, load_report, save_report, verdict
+from fieldkit.devices import open_session as connect
 from fieldkit.errors import Cancelled, ConfigError, DeviceError
-from fieldkit.link.connect import connect
 from fieldkit.profiles import get_profile
 
 MOBILENET = "mobilenetv2-like"
@@ -268,7 +266,7 @@ def test_inputs_file_is_uploaded_once_and_used(home, device_root: Path, models, 
 
 
 def test_core_bench_modules_stay_light() -> None:
-    code = ("import sys, json, fieldkit.bench, fieldkit.cli_bench\n"
+    code = ("import sys, json, fieldkit.bench, fieldkit.cli.bench\n"
             "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=str(ROOT),
                          timeout=60)
@@ -457,7 +455,7 @@ def test_bench_over_a_serial_line(home, models) -> None:
 def test_bench_through_a_real_sshd(home, models, tmp_path: Path) -> None:
     from sshd import Sshd, skip_unless_available
 
-    from fieldkit.link.ssh import ensure_client_key
+    from fieldkit.link.sshauth import ensure_client_key
 
     skip_unless_available()
     device = tmp_path / "device"
@@ -542,10 +540,12 @@ def test_verdict_rules(home) -> None:
 
 
 def test_settings_validation_and_cache_location(home) -> None:
-    with pytest.raises(ConfigError, match="either --runs or --duration"):
-        BenchSettings(runs=10, duration_s=5).validate()
-    with pytest.raises(ConfigError, match="--rate must be a positive number"):
-        BenchSettings(rate_hz=0).validate()
+    with pytest.raises(ConfigError, match="either runs or a duration"):
+        BenchSettings(runs=10, duration_s=5)
+    with pytest.raises(ConfigError, match="rate_hz: must be a positive number, got 0"):
+        BenchSettings(rate_hz=0)
+    with pytest.raises(ConfigError, match="threads: .*greater than or equal to 0, got -1"):
+        BenchSettings(threads=-1)
     assert BenchSettings(sustained=True).effective_duration_s == 600
     assert BenchSettings().effective_duration_s == 20
     assert bench_cache_dir(get_profile("generic-linux", home)) == "/var/lib/fieldkit/bench-cache"

@@ -429,3 +429,37 @@ def test_early_stopping_matches_loadgen() -> None:
     many = [i * 1000 for i in range(1, 100_001)]
     est, ok, _ = stats.early_stopping_percentile(many, 0.90)
     assert ok and stats.percentile(many, 0.90) / 1e6 < est < stats.percentile(many, 0.91) / 1e6
+
+
+# --- settings: one table, checked once, by key name -------------------------------------------------
+
+def test_settings_are_checked_by_key_name() -> None:
+    from fieldkit.agent.benchrun import SETTING_KEYS, BenchError, check_settings
+
+    cases = {
+        "threads": (-1, "threads must be a whole number >= 0, got -1"),
+        "runs": (0, "runs must be a whole number >= 1, got 0"),
+        "duration_s": ("20", "duration_s must be a positive number, got '20'"),
+        "rate_hz": (-5, "rate_hz must be a positive number, got -5"),
+        "progress_interval_s": (1e9, "progress_interval_s must be a positive number <= 3600.0, got 1000000000.0"),
+        "spin": ("maybe", "spin must be one of on, off, got maybe"),
+        "warmup": (True, "warmup must be a whole number from 0 to 1000000, got True"),
+    }
+    for key, (value, message) in cases.items():
+        with pytest.raises(BenchError) as err:
+            check_settings({"model": "m.onnx", key: value})
+        assert err.value.code == "bad_arguments" and err.value.message == message
+    with pytest.raises(BenchError, match="unknown bench setting"):
+        check_settings({"model": "m.onnx", "--threads": 2})
+    s = check_settings({"model": "m.onnx", "runs": 5, "duration_s": None, "min_runs": None})
+    assert (s.runs, s.duration_s, s.max_seconds, s.providers) == (5, 20.0, 120.0, ["CPUExecutionProvider"])
+    assert set(s.as_json()) == set(SETTING_KEYS)
+
+
+def test_settings_json_is_how_the_agent_starts_the_benchmark(models) -> None:
+    settings = {"model": str(models["anomaly-tabular"]), "runs": 5, "warmup": 1, "threads": 1}
+    events, rc, err = bench("--settings-json", json.dumps(settings))
+    assert rc == 0, err
+    assert result_of(events)["runs"] == 5
+    events, rc, _ = bench("--settings-json", json.dumps(dict(settings, threads=-1)))
+    assert error_of(events, rc)["message"] == "threads must be a whole number >= 0, got -1"

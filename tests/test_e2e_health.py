@@ -17,9 +17,14 @@ from conftest import ROOT, run_cli
 from sshd import Sshd, skip_unless_available
 
 from fieldkit.errors import LinkLost
-from fieldkit.link.connect import connect
-from fieldkit.link.ssh import ensure_client_key
+from fieldkit.devices import open_session
+from fieldkit.link.sshauth import ensure_client_key
 from fieldkit.sim import Simulation
+
+
+def connect(spec, home, **kw):
+    """The message client of a device session: these tests speak the raw protocol through it."""
+    return open_session(spec, home, **kw).link
 
 
 @pytest.fixture
@@ -131,7 +136,7 @@ def test_sim_cli_registers_devices_and_health_all_reaches_them(home, tmp_path: P
 
 
 def test_serial_link_survives_a_faulty_line(home, tmp_path: Path) -> None:
-    from fieldkit.ptyrelay import FaultInjector
+    from fieldkit.sim.ptyrelay import FaultInjector
 
     fault = FaultInjector(drop_rate=2e-4, flip_rate=2e-4, insert_rate=2e-4, seed=3)
     with Simulation(home, ssh=0, serial=1) as sim:

@@ -7,9 +7,10 @@ import subprocess
 import sys
 
 CORE_MODULES = [
-    "fieldkit", "fieldkit.cli", "fieldkit.health", "fieldkit.profiles", "fieldkit.inventory",
+    "fieldkit", "fieldkit.cli", "fieldkit.devices", "fieldkit.health", "fieldkit.bench", "fieldkit.journal",
+    "fieldkit.profiles", "fieldkit.inventory", "fieldkit.signing", "fieldkit.checks", "fieldkit.wire",
     "fieldkit.link.connect", "fieldkit.link.client", "fieldkit.link.ssh", "fieldkit.link.hostkeys",
-    "fieldkit.sim", "fieldkit.agent.server", "fieldkit.agent.arq",
+    "fieldkit.link.trust", "fieldkit.sim", "fieldkit.agent.server", "fieldkit.agent.arq",
 ]
 
 

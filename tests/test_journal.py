@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -19,7 +20,7 @@ from fieldkit.agent.devjournal import DeviceJournal, entry_hash
 from fieldkit.auditbundle import verify_bundle
 from fieldkit.errors import Cancelled, DeviceError
 from fieldkit.journal import IdentityMissing, Journal, canonical, entry_bytes, init_identity
-from fieldkit.link.connect import connect
+from fieldkit.devices import open_session
 from fieldkit.locations import Home
 
 pytestmark = pytest.mark.no_identity  # these tests create (or deliberately omit) the identity
@@ -415,8 +416,8 @@ def test_device_journal_takes_appends_from_several_processes(tmp_path: Path) -> 
 
 @pytest.fixture
 def device(home: Home, device_root: Path):
-    with connect(f"local:{device_root}", home, timeout=20, witness=False) as link:
-        yield link, device_root, DeviceJournal(str(device_root / DEVICE_JOURNAL))
+    with open_session(f"local:{device_root}", home, timeout=20, witness=False) as session:
+        yield session, device_root, DeviceJournal(str(device_root / DEVICE_JOURNAL))
 
 
 def test_witness_writes_a_checkpoint_and_pulls_the_device_journal_once(journal: Journal, device) -> None:
@@ -514,7 +515,7 @@ def test_the_device_catches_a_truncated_laptop_journal(journal: Journal, home: H
 
 def test_an_agent_without_journal_ops_is_reported_not_fatal(journal: Journal) -> None:
     class OldAgent:
-        agent = {"agent_version": "0.0.9"}
+        hello = SimpleNamespace(agent_version="0.0.9")
 
         def call(self, op, args=None, **kw):
             raise DeviceError(f"this agent has no operation {op!r}", code="unknown_op")

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from fieldkit.errors import Cancelled, DeviceError, LinkLost
-from fieldkit.link.connect import connect
+from fieldkit.devices import open_session
 
 
 @pytest.fixture
 def link(home, device_root: Path):
-    with connect(f"local:{device_root}", home, timeout=20) as lk:
-        yield lk
+    with open_session(f"local:{device_root}", home, timeout=20) as session:
+        yield session.link  # the message client itself: these tests speak the raw protocol
 
 
 def test_handshake_reports_versions_and_capabilities(link, device_root: Path) -> None:
@@ -114,7 +114,7 @@ def test_concurrent_calls_share_one_link(link) -> None:
 
 
 def test_a_silent_peer_is_detected_within_seconds(home, device_root: Path) -> None:
-    lk = connect(f"local:{device_root}", home, timeout=20, dead_after_s=2.0)
+    lk = open_session(f"local:{device_root}", home, timeout=20, dead_after_s=2.0).link
     proc = lk._stream.proc
     os.kill(proc.pid, signal.SIGSTOP)  # the device freezes: no answers, no EOF
     try:

@@ -27,17 +27,18 @@ from fieldkit.errors import Cancelled, ConfigError, ConnectError, HostKeyError
 from fieldkit.link.hostkeys import (
     KnownHosts,
     add_host_key,
-    fetch_host_key,
     fingerprint,
     hosts_field_matches,
     read_known_hosts,
     remove_host_entry,
-    trust,
 )
-from fieldkit.link.ssh import SshSession, ensure_client_key, push_agent, write_ed25519_key
+from fieldkit.link.trust import fetch_host_key, trust
+from fieldkit.link.ssh import SshSession
+from fieldkit.link.sshauth import ensure_client_key, write_ed25519_key
+from fieldkit.link.sshpush import push_agent
 from fieldkit.link.targets import LocalTarget, SerialTarget, SshTarget, parse_target
 from fieldkit.locations import Home
-from fieldkit.simssh import SimSshServer
+from fieldkit.sim.ssh import SimSshServer
 
 try:
     from sshd import Sshd, skip_unless_available

@@ -211,7 +211,7 @@ async def test_bench_screen_runs_a_model_and_shows_the_verdict(home, tmp_path) -
         measures = [str(results.get_row_at(i)[0]) for i in range(results.row_count)]
         assert "p99" in measures and "throughput" in measures
         assert screen.query_one("#saved", DataTable).row_count == 1
-    from fieldkit.bench import list_reports
+    from fieldkit.benchreport import list_reports
 
     assert len(list_reports(home)) == 1
 
@@ -244,10 +244,10 @@ async def test_audit_screen_lists_entries_and_verifies(home, tmp_path) -> None:
 async def test_audit_screen_names_the_first_bad_seq_of_a_tampered_journal(home) -> None:
     import sqlite3
 
-    from fieldkit.link.connect import journal_for
+    from fieldkit.journal import Journal
     from screens.audit import AuditScreen
 
-    j = journal_for(home)
+    j = Journal.open(home)
     for i in range(5):
         j.record("press-1", "health.check", "ok", {"i": i})
     conn = sqlite3.connect(home.journal_db)

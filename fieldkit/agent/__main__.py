@@ -46,7 +46,7 @@ def serve_stdio(root):
     out_fd = os.dup(1)
     os.dup2(2, 1)
     stream = FdStream(0, out_fd)
-    AgentSession(stream, root).serve()
+    AgentSession(stream, root).serve()  # ends on EOF, idle timeout, or a stream out of step
     return 0
 
 
@@ -71,7 +71,12 @@ def serve_serial(port, baud, root):
             while True:
                 session = link.accept()
                 log("session started on %s" % port)
-                AgentSession(session, root, idle_timeout_s=15.0).serve()
+                try:
+                    AgentSession(session, root, idle_timeout_s=15.0).serve()
+                except Exception:  # last resort: one session's bug must not end the service
+                    import traceback
+                    log("session on %s failed:\n%s" % (port, traceback.format_exc()))
+                    session.close()
                 log("session ended on %s" % port)
         except OSError as exc:
             log("serial port %s failed: %s; reopening" % (port, exc))

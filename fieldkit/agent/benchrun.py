@@ -1,11 +1,13 @@
 """Benchmark one ONNX model on the device and stream the results as JSON lines.
 
 Runs on the device (stdlib + numpy + onnxruntime, Python 3.9 syntax). The agent starts it as a
-process of its own, ``python <agent> bench --model M ...`` (or ``python -m
-fieldkit.agent.benchrun ...``), and reads its stdout: one JSON object per line, flushed.
+process of its own, ``python <agent> bench --settings-json '{"model": M, ...}'`` (settings
+declared once in :data:`SETTINGS` and checked by the agent before it starts this process; by hand
+the same settings are flags, ``--model M --runs 50 ...``, or run ``python -m
+fieldkit.agent.benchrun``), and reads its stdout: one JSON object per line, flushed.
 
     {"event": "started", ...}    model (path, sha256, size), concrete input shapes, settings
-    {"event": "progress", ...}   about every --progress-interval seconds (phase warmup | run)
+    {"event": "progress", ...}   about every progress_interval_s seconds (phase warmup | run)
     {"event": "result", ...}     the measurement, then exit status 0
     {"event": "error", "code": ..., "message": ...}   instead of a result, then exit status 2
 
@@ -17,13 +19,13 @@ Each timed run is measured with ``time.perf_counter_ns()`` with the garbage coll
 around the timed loop; nothing else happens between runs except bookkeeping and a progress line
 every ~0.5 s. A sampler thread reads /proc/meminfo, thermal zones and cpufreq every ~200 ms.
 
-Without ``--rate`` the next run starts when the previous one finishes (MLPerf SingleStream).
-With ``--rate HZ`` run i is scheduled at t0 + i/HZ (TFLite ``run_frequency``); a run that ends
+Without ``rate_hz`` the next run starts when the previous one finishes (MLPerf SingleStream).
+With ``rate_hz`` HZ run i is scheduled at t0 + i/HZ (TFLite ``run_frequency``); a run that ends
 after the next slot misses it, and the loop skips to the first slot still in the future, counting
 every skipped slot in ``deadline_misses`` (no catch-up bursts).
 
-Stopping: with ``--runs N`` after N timed runs; otherwise once ``--duration`` seconds have passed
-and at least ``--min-runs`` runs were made. ``--max-seconds`` (default 3 x duration + 60) stops
+Stopping: with ``runs`` N after N timed runs; otherwise once ``duration_s`` seconds have passed
+and at least ``min_runs`` runs were made. ``max_seconds`` (default 3 x duration + 60) stops
 the timed loop in every mode; ``stop_reason`` says which rule ended it.
 
 Cancellation: SIGTERM, SIGINT or SIGHUP (the last two unless inherited as ignored, as under
@@ -105,7 +107,138 @@ class Output:
             raise OutputClosed(str(exc))
 
 
-# --- arguments -----------------------------------------------------------------------------------
+# --- settings ------------------------------------------------------------------------------------
+#
+# Declared once: the agent checks the laptop's ``bench`` arguments against this table and hands
+# them to this process as JSON (``bench --settings-json '{...}'``); the command-line flags below are
+# derived from the same table for running the benchmark by hand. Messages name settings by key.
+
+class Setting(object):
+    __slots__ = ("key", "kind", "default", "flag", "metavar", "help", "lo", "hi", "choices")
+
+    def __init__(self, key, kind, default, flag, metavar, help, lo=None, hi=None, choices=None):
+        self.key, self.kind, self.default, self.flag, self.metavar = key, kind, default, flag, metavar
+        self.help, self.lo, self.hi, self.choices = help, lo, hi, choices
+
+
+SETTINGS = (
+    Setting("model", "path", None, "--model", "PATH", "the .onnx file (required)"),
+    Setting("warmup", "int", 10, "--warmup", "N", "untimed warm-up runs; the first is reported as first_run_ms "
+            "(default 10; at least 1 always runs)", lo=0, hi=10 ** 6),
+    Setting("runs", "int", None, "--runs", "N", "stop after N timed runs (duration_s is then not used)", lo=1,
+            hi=10 ** 9),
+    Setting("duration_s", "float", None, "--duration", "S", "run for S seconds and at least min_runs runs "
+            "(default 20)", hi=30 * 86400.0),
+    Setting("min_runs", "int", 64, "--min-runs", "N", "with duration_s, keep going until N runs (default 64, "
+            "MLPerf's p90 minimum)", lo=1, hi=10 ** 9),
+    Setting("max_seconds", "float", None, "--max-seconds", "S", "hard limit on the timed loop (default 3 x "
+            "duration_s + 60; 120 with runs)", hi=90 * 86400.0),
+    Setting("threads", "int", 0, "--threads", "N", "intra-op threads (0 = onnxruntime's default)", lo=0, hi=4096),
+    Setting("rate_hz", "float", None, "--rate", "HZ", "pace runs at HZ per second and count deadline misses",
+            hi=1e6),
+    Setting("shapes", "shapes", None, "--shape", "NAME=DIMS", "concrete shape for an input with symbolic dims, "
+            "e.g. input=1x3x224x224 (repeatable)"),
+    Setting("inputs", "path", None, "--inputs", "FILE.npz", "input arrays by input name (default: seeded random "
+            "data)"),
+    Setting("seed", "int", 0, "--seed", "N", "seed for the random inputs (default 0)", lo=0, hi=2 ** 63 - 1),
+    Setting("spin", "choice", "on", "--spin", None, "let intra-op threads spin between runs (onnxruntime's "
+            "default: on)", choices=("on", "off")),
+    Setting("providers", "providers", None, "--provider", "P", "execution provider, in priority order "
+            "(repeatable; default CPUExecutionProvider)"),
+    Setting("progress_interval_s", "float", 0.5, "--progress-interval", "S", "seconds between progress lines "
+            "(default 0.5)", hi=3600.0),
+)
+SETTING_KEYS = tuple(s.key for s in SETTINGS)
+MAX_SHAPES = 64
+MAX_DIMS = 16
+MAX_PROVIDERS = 16
+
+
+class Settings(object):
+    """Checked settings, one attribute per key of :data:`SETTINGS`."""
+
+    def __init__(self, values):
+        for key, value in values.items():
+            setattr(self, key, value)
+
+    def as_json(self):
+        return dict((k, getattr(self, k)) for k in SETTING_KEYS if k not in ("duration_given",))
+
+
+def _number_text(value):
+    return repr(value) if not isinstance(value, str) else repr(value[:40])
+
+
+def check_settings(raw, need_model=True):
+    # type: (Dict[str, Any], bool) -> Settings
+    """Check a settings dict (keys of :data:`SETTINGS`) and fill in defaults; BenchError
+    ``bad_arguments`` naming the key otherwise, e.g. "threads must be a whole number >= 0, got -1"."""
+    from fieldkit.agent import fields
+    from fieldkit.agent.protocol import RemoteError
+
+    if not isinstance(raw, dict):
+        raise BenchError("bad_arguments", "bench settings must be an object")
+    unknown = sorted(str(k)[:40] for k in raw if k not in SETTING_KEYS)
+    if unknown:
+        raise BenchError("bad_arguments", "unknown bench setting(s): %s" % ", ".join(unknown))
+    out = {}
+    try:
+        for s in SETTINGS:
+            if s.kind == "int":
+                out[s.key] = fields.get_int(raw, s.key, s.default, lo=s.lo, hi=s.hi)
+            elif s.kind == "float":
+                out[s.key] = fields.get_float(raw, s.key, s.default, hi=s.hi, positive=True)
+            elif s.kind == "path":
+                out[s.key] = fields.get_str(raw, s.key, s.default)
+            elif s.kind == "choice":
+                out[s.key] = fields.get_str(raw, s.key, s.default, limit=20, choices=s.choices)
+            elif s.kind == "shapes":
+                out[s.key] = _check_shapes(raw.get(s.key))
+            elif s.kind == "providers":
+                out[s.key] = _check_providers(raw.get(s.key))
+    except RemoteError as exc:
+        raise BenchError("bad_arguments", exc.message)
+    if need_model and out["model"] is None:
+        raise BenchError("bad_arguments", "model is required: the path of the .onnx file")
+    if out["runs"] is not None:
+        out["duration_s"] = None  # runs decides; a duration sent along is checked but not used
+    out["duration_given"] = out["duration_s"] is not None
+    if out["duration_s"] is None:
+        out["duration_s"] = 20.0
+    if out["max_seconds"] is None:
+        out["max_seconds"] = 3 * out["duration_s"] + 60
+    if not out["providers"]:
+        out["providers"] = ["CPUExecutionProvider"]
+    return Settings(out)
+
+
+def _check_shapes(value):
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > MAX_SHAPES:
+        raise BenchError("bad_arguments", "shapes must map up to %d input names to lists of dimensions" % MAX_SHAPES)
+    shapes = {}
+    for name, dims in value.items():
+        if not isinstance(name, str) or not name or len(name) > 200:
+            raise BenchError("bad_arguments", "shapes: input names must be non-empty texts")
+        ok = isinstance(dims, list) and 0 < len(dims) <= MAX_DIMS and all(
+            isinstance(d, int) and not isinstance(d, bool) and 1 <= d < 2 ** 31 for d in dims)
+        if not ok:
+            raise BenchError("bad_shape", "shapes: the shape of input '%s' must be a list of 1 to %d positive whole "
+                             "numbers, e.g. [1, 3, 224, 224], got %s" % (name[:80], MAX_DIMS, _number_text(dims)[:80]))
+        shapes[name] = list(dims)
+    return shapes
+
+
+def _check_providers(value):
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_PROVIDERS or not all(
+            isinstance(p, str) and p and len(p) <= 100 for p in value):
+        raise BenchError("bad_arguments", "providers must be a list of up to %d execution provider names"
+                         % MAX_PROVIDERS)
+    return list(value)
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # type: ignore[override]
@@ -114,81 +247,62 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser():
     # type: () -> argparse.ArgumentParser
+    """Flags for a run by hand, derived from :data:`SETTINGS` (plus ``--settings-json``)."""
     p = _Parser(prog="fieldkit-agent bench", description="Benchmark an ONNX model on this device; "
                 "prints JSON lines (started, progress, result or error).")
-    p.add_argument("--model", required=True, metavar="PATH", help="the .onnx file")
-    p.add_argument("--warmup", type=_nonneg_int, default=10, metavar="N",
-                   help="untimed warm-up runs; the first is reported as first_run_ms (default 10; at least 1 always runs)")
-    how = p.add_mutually_exclusive_group()
-    how.add_argument("--runs", type=_pos_int, metavar="N", help="stop after N timed runs")
-    how.add_argument("--duration", type=_pos_float, metavar="S",
-                     help="run for S seconds and at least --min-runs runs (default 20)")
-    p.add_argument("--min-runs", type=_pos_int, default=64, metavar="N",
-                   help="with --duration, keep going until N runs (default 64, MLPerf's p90 minimum)")
-    p.add_argument("--max-seconds", type=_pos_float, metavar="S",
-                   help="hard limit on the timed loop (default 3 x duration + 60; 120 with --runs)")
-    p.add_argument("--threads", type=_nonneg_int, default=0, metavar="N",
-                   help="intra-op threads (0 = onnxruntime's default)")
-    p.add_argument("--rate", type=_pos_float, metavar="HZ", help="pace runs at HZ per second and count deadline misses")
-    p.add_argument("--shape", action="append", default=[], metavar="NAME=DIMS",
-                   help="concrete shape for an input with symbolic dims, e.g. input=1x3x224x224 (repeatable)")
-    p.add_argument("--inputs", metavar="FILE.npz", help="input arrays by input name (default: seeded random data)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the random inputs (default 0)")
-    p.add_argument("--spin", choices=("on", "off"), default="on",
-                   help="let intra-op threads spin between runs (onnxruntime's default: on)")
-    p.add_argument("--provider", action="append", default=[], metavar="P",
-                   help="execution provider, in priority order (repeatable; default CPUExecutionProvider)")
-    p.add_argument("--progress-interval", type=_pos_float, default=0.5, metavar="S",
-                   help="seconds between progress lines (default 0.5)")
+    p.add_argument("--settings-json", metavar="JSON", help="all settings as one JSON object (keys: %s); "
+                   "how the agent starts the benchmark" % ", ".join(SETTING_KEYS))
+    for s in SETTINGS:
+        repeat = s.kind in ("shapes", "providers")
+        p.add_argument(s.flag, dest=s.key, metavar=s.metavar, help=s.help, choices=s.choices,
+                       action="append" if repeat else "store", default=None)
     return p
 
 
-def _pos_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1, got %s" % text)
-    return value
-
-
-def _nonneg_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must not be negative, got %s" % text)
-    return value
-
-
-def _pos_float(text):
-    value = float(text)
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError("must be a positive number, got %s" % text)
-    return value
+def _from_text(kind, text):
+    try:
+        return int(text) if kind == "int" else float(text)
+    except ValueError:
+        return text  # check_settings names the key and the bad value
 
 
 def parse_args(argv):
-    # type: (List[str]) -> argparse.Namespace
-    args = build_parser().parse_args(argv)
-    if args.duration is None:
-        args.duration = 20.0
-        args.duration_given = False
-    else:
-        args.duration_given = True
-    if args.max_seconds is None:
-        args.max_seconds = 3 * args.duration + 60
-    args.providers = args.provider or ["CPUExecutionProvider"]
-    args.shapes = {}
-    for item in args.shape:
-        name, sep, dims = item.rpartition("=")
-        if not sep or not name:
-            raise BenchError("bad_shape", "--shape %s: write NAME=DIMS, e.g. input=1x3x224x224" % item)
+    # type: (List[str]) -> Settings
+    ns = build_parser().parse_args(argv)
+    given = dict((s.key, getattr(ns, s.key)) for s in SETTINGS if getattr(ns, s.key) is not None)
+    if ns.settings_json is not None:
+        if given:
+            raise BenchError("bad_arguments", "give either --settings-json or flags, not both")
         try:
-            values = [int(d) for d in dims.replace(",", "x").split("x")]
-        except ValueError:
-            values = []
-        if not values or any(v < 1 for v in values):
-            raise BenchError("bad_shape", "--shape %s: dimensions must be positive whole numbers separated "
-                             "by x, e.g. %s=1x3x224x224" % (item, name))
-        args.shapes[name] = values
-    return args
+            raw = json.loads(ns.settings_json)
+        except (ValueError, RecursionError) as exc:
+            raise BenchError("bad_arguments", "--settings-json is not valid JSON: %s" % str(exc)[:200])
+        return check_settings(raw)
+    raw = {}
+    for s in SETTINGS:
+        value = given.get(s.key)
+        if value is None:
+            continue
+        if s.kind in ("int", "float"):
+            value = _from_text(s.kind, value)
+        elif s.kind == "shapes":
+            value = dict(_parse_shape(item) for item in value)
+        raw[s.key] = value
+    return check_settings(raw)
+
+
+def _parse_shape(item):
+    name, sep, dims = item.rpartition("=")
+    if not sep or not name:
+        raise BenchError("bad_shape", "--shape %s: write NAME=DIMS, e.g. input=1x3x224x224" % item)
+    try:
+        values = [int(d) for d in dims.replace(",", "x").split("x")]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise BenchError("bad_shape", "--shape %s: dimensions must be positive whole numbers separated "
+                         "by x, e.g. %s=1x3x224x224" % (item, name))
+    return name, values
 
 
 # --- device readings -----------------------------------------------------------------------------
@@ -525,7 +639,7 @@ def _ort_detail(exc):
 
 
 def create_session(ort, args, facts):
-    # type: (Any, argparse.Namespace, Dict[str, Any]) -> Tuple[Any, float]
+    # type: (Any, Settings, Dict[str, Any]) -> Tuple[Any, float]
     available = list(ort.get_available_providers())
     for p in args.providers:
         if p not in available:
@@ -581,12 +695,12 @@ def _concrete(name, model_shape, given):
 
 
 def prepare_inputs(np, sess, args):
-    # type: (Any, Any, argparse.Namespace) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]
+    # type: (Any, Any, Settings) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]
     model_inputs = sess.get_inputs()
     names = [i.name for i in model_inputs]
     for name in args.shapes:
         if name not in names:
-            raise BenchError("bad_shape", "--shape names input '%s', but the model's inputs are: %s"
+            raise BenchError("bad_shape", "shapes names input '%s', but the model's inputs are: %s"
                              % (name, ", ".join(names)))
     arrays = None
     if args.inputs:
@@ -606,7 +720,7 @@ def prepare_inputs(np, sess, args):
                                  % (os.path.basename(args.inputs), inp.name, arr.dtype.name, dtype))
             shape = _concrete(inp.name, model_shape, list(arr.shape))
             if inp.name in args.shapes and args.shapes[inp.name] != shape:
-                raise BenchError("shape_mismatch", "--shape %s=%s disagrees with the array in %s (%s)" % (
+                raise BenchError("shape_mismatch", "shapes: %s=%s disagrees with the array in %s (%s)" % (
                     inp.name, "x".join(map(str, args.shapes[inp.name])), os.path.basename(args.inputs),
                     "x".join(map(str, shape))))
             feeds[inp.name] = np.ascontiguousarray(arr)
@@ -678,16 +792,16 @@ class Bench:
             settings = {
                 "warmup": max(1, args.warmup),
                 "runs": args.runs,
-                "duration_s": None if args.runs else args.duration,
+                "duration_s": None if args.runs else args.duration_s,
                 "min_runs": None if args.runs else args.min_runs,
                 "max_seconds": args.max_seconds,
                 "threads": args.threads,
                 "spin": args.spin,
                 "providers": list(args.providers),
-                "rate_hz": args.rate,
+                "rate_hz": args.rate_hz,
                 "inputs": os.path.abspath(args.inputs) if args.inputs else "random(seed=%d)" % args.seed,
                 "graph_optimization": "all",
-                "progress_interval_s": args.progress_interval,
+                "progress_interval_s": args.progress_interval_s,
             }
             self.out.emit({
                 "event": "started",
@@ -742,9 +856,9 @@ class Bench:
             "thermal": sampled["thermal"],
             "cpufreq": sampled["cpufreq"],
             "throttle": decode_throttle(throttle_start, throttle_end),
-            "rate_hz": args.rate,
-            "deadline_misses": loop["misses"] if args.rate else 0,
-            "late_runs": loop["late_runs"] if args.rate else 0,
+            "rate_hz": args.rate_hz,
+            "deadline_misses": loop["misses"] if args.rate_hz else 0,
+            "late_runs": loop["late_runs"] if args.rate_hz else 0,
             "latencies_ms": stats.log_histogram(lat, HISTOGRAM_BUCKETS),
             "settings": {"threads": args.threads, "spin": args.spin, "providers": list(sess.get_providers())},
             "onnxruntime": ort.__version__,
@@ -762,7 +876,7 @@ class Bench:
     def warmup(self, sess, feeds, ro):
         # type: (Any, Dict[str, Any], Any) -> float
         n = max(1, self.args.warmup)
-        interval = int(self.args.progress_interval * 1e9)
+        interval = int(self.args.progress_interval_s * 1e9)
         start = time.perf_counter_ns()
         next_progress = start + interval
         first_ms = 0.0
@@ -793,11 +907,11 @@ class Bench:
         # type: (Any, Dict[str, Any], Any) -> Dict[str, Any]
         args, state, out = self.args, self.state, self.out
         runs_target = args.runs
-        duration_ns = int(args.duration * 1e9)
+        duration_ns = int(args.duration_s * 1e9)
         max_ns = int(args.max_seconds * 1e9)
         min_runs = args.min_runs
-        interval = int(args.progress_interval * 1e9)
-        period = int(round(1e9 / args.rate)) if args.rate else 0
+        interval = int(args.progress_interval_s * 1e9)
+        period = int(round(1e9 / args.rate_hz)) if args.rate_hz else 0
         lat = []  # type: List[int]
         append = lat.append
         clock = time.perf_counter_ns
@@ -870,7 +984,7 @@ class Bench:
         if args.runs is not None:
             eta = (args.runs - n) * per_run
         else:
-            eta = max(args.duration - elapsed_ns / 1e9, (args.min_runs - n) * per_run, 0.0)
+            eta = max(args.duration_s - elapsed_ns / 1e9, (args.min_runs - n) * per_run, 0.0)
         return round(max(0.0, min(eta, args.max_seconds - elapsed_ns / 1e9)), 2)
 
 

@@ -12,7 +12,9 @@ written and stays with the file (a reflashed device starts a new journal with a 
 Appends take an exclusive ``flock`` on the file, so the agent's threads and several agent
 processes (an SSH session and the serial service) can write at once; each line is written with
 one ``write`` and fsynced. A line torn by a crash or power loss (no trailing newline) was never
-acknowledged; the next append cuts it off.
+acknowledged; the next append cuts it off, under the lock. Reading never changes the file: readers
+take a shared lock and skip a torn tail. The file (and the witness file) is opened with
+``O_NOFOLLOW``: a symlink in its place is refused.
 
 The device has no signing key: its journal is witnessed instead. The laptop pulls it on every
 connect (``journal_read``) and records its head in the laptop's signed journal, and it writes a
@@ -21,6 +23,7 @@ the other was truncated or rewritten. The latest checkpoint per laptop journal i
 ``journal.jsonl.witness.json`` for a quick answer.
 """
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -28,6 +31,7 @@ import os
 import time
 import uuid
 
+from fieldkit.agent.fields import get_bool, get_int, get_str
 from fieldkit.agent.protocol import RemoteError
 
 GENESIS = "0" * 64
@@ -35,6 +39,7 @@ MAX_DETAILS = 64 * 1024        # bytes of canonical JSON per event
 READ_BUDGET = 256 * 1024       # bytes of entries per journal_read answer: headers are <= 1 MiB and
                                # JSON escaping of non-ASCII text can triple the size
 _TAIL_BLOCK = 64 * 1024
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class JournalProblem(RemoteError):
@@ -88,24 +93,36 @@ class DeviceJournal(object):
 
     # ---- writing ---------------------------------------------------------------------------
     def _open_locked(self, create):
+        """The journal open for writing under the exclusive lock (None if missing and not ``create``)."""
         directory = os.path.dirname(self.path)
         if create:
             os.makedirs(directory, exist_ok=True)
-        flags = os.O_RDWR | (os.O_CREAT if create else 0)
+        flags = os.O_RDWR | _NOFOLLOW | (os.O_CREAT if create else 0)
         try:
-            fd = os.open(self.path, flags, 0o640)
+            fd = _open(self.path, flags, 0o640)
         except FileNotFoundError:
             return None
         fcntl.flock(fd, fcntl.LOCK_EX)
         return fd
 
-    def _last_line(self, fd):
-        """The last complete line (bytes, no newline) or None; cuts off a torn tail first."""
+    def _open_shared(self):
+        """The journal open read-only under a shared lock, or None when there is none."""
+        try:
+            fd = _open(self.path, os.O_RDONLY | _NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return fd
+
+    def _last_line(self, fd, repair=False):
+        """The last complete line (bytes, no newline) or None. A torn tail is skipped; with
+        ``repair`` (the writer, under the exclusive lock) it is cut off first."""
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             size = _rfind_newline(fd, size) + 1
-            os.ftruncate(fd, size)
-            os.fsync(fd)
+            if repair:
+                os.ftruncate(fd, size)
+                os.fsync(fd)
         if size == 0:
             return None
         start = _rfind_newline(fd, size - 1) + 1
@@ -127,14 +144,14 @@ class DeviceJournal(object):
             raise JournalProblem("bad_args", "details must be an object")
         if len(canonical(details)) > MAX_DETAILS:
             raise JournalProblem("too_large", "event details exceed %d bytes" % MAX_DETAILS)
-        last = self._last_line(fd)
+        last = self._last_line(fd, repair=True)
         if last is None:
             journal_id, seq, prev = uuid.uuid4().hex, 1, GENESIS
         else:
             try:
                 head = json.loads(last.decode("utf-8"))
                 journal_id, seq, prev = head["journal"], int(head["seq"]) + 1, head["hash"]
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 raise JournalProblem("corrupt", "the last line of %s is not a journal entry; "
                                                 "the file was damaged or edited" % self.path)
         entry = {"v": 1, "journal": journal_id, "seq": seq, "time": utc_now(), "event": event,
@@ -157,7 +174,7 @@ class DeviceJournal(object):
     def _lines(self):
         """Complete lines (bytes, without the newline), in order; a torn tail is skipped."""
         try:
-            fh = open(self.path, "rb")
+            fh = os.fdopen(_open(self.path, os.O_RDONLY | _NOFOLLOW), "rb")
         except FileNotFoundError:
             return
         with fh:
@@ -167,7 +184,7 @@ class DeviceJournal(object):
 
     def head(self):
         """``{"journal_id", "seq", "hash"}`` of the last complete entry (seq 0 when empty)."""
-        fd = self._open_locked(create=False)
+        fd = self._open_shared()
         if fd is None:
             return {"journal_id": None, "seq": 0, "hash": GENESIS}
         try:
@@ -179,7 +196,7 @@ class DeviceJournal(object):
         try:
             e = json.loads(last.decode("utf-8"))
             return {"journal_id": e["journal"], "seq": int(e["seq"]), "hash": e["hash"]}
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise JournalProblem("corrupt", "the last line of %s is not a journal entry" % self.path)
 
     def read(self, since=0, journal_id=None, max_bytes=READ_BUDGET, verify=False):
@@ -204,7 +221,7 @@ class DeviceJournal(object):
                 break
             try:
                 entry = json.loads(raw.decode("utf-8"))
-            except ValueError:
+            except (ValueError, RecursionError):
                 entry = None
             entries.append(entry if isinstance(entry, dict) else {"corrupt_line": index + 1})
             used += len(raw) + 1
@@ -223,7 +240,7 @@ class DeviceJournal(object):
             seq = index + 1
             try:
                 entry = json.loads(raw.decode("utf-8"))
-            except ValueError:
+            except (ValueError, RecursionError):
                 return _bad(seq, "corrupt", "line %d is not valid JSON" % seq)
             problem = check_entry(entry, seq, prev)
             if problem is None and journal_id is not None and entry.get("journal") != journal_id:
@@ -261,13 +278,23 @@ class DeviceJournal(object):
     def witnessed(self):
         """``{laptop journal id: latest checkpoint}``."""
         try:
-            with open(self.witness_path, "rb") as fh:
+            with os.fdopen(_open(self.witness_path, os.O_RDONLY | _NOFOLLOW), "rb") as fh:
                 table = json.loads(fh.read().decode("utf-8"))
         except FileNotFoundError:
             return {}
-        except ValueError:
+        except (ValueError, RecursionError):
             return {}
         return table if isinstance(table, dict) else {}
+
+
+def _open(path, flags, mode=0o640):
+    """``os.open``; a symlink in the journal's place is refused (JournalProblem ``bad_path``)."""
+    try:
+        return os.open(path, flags, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise JournalProblem("bad_path", "%s is a symlink; refused" % os.path.basename(path))
+        raise
 
 
 def _rfind_newline(fd, end):
@@ -301,7 +328,11 @@ def _fsync_dir(path):
 
 def _atomic_write(path, data):
     tmp = "%s.tmp-%d" % (path, os.getpid())
-    with open(tmp, "wb") as fh:
+    try:
+        os.unlink(tmp)  # a leftover (or a planted symlink) is replaced, never followed
+    except FileNotFoundError:
+        pass
+    with os.fdopen(_open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o640), "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
@@ -317,13 +348,12 @@ def append_event(path, event, details=None):
 # ---- the agent operations (registered in fieldkit.agent.server) ------------------------------
 def read_op(path, args):
     """``journal_read {since, journal_id, max_bytes, verify}`` -> :meth:`DeviceJournal.read`."""
+    since = get_int(args, "since", 0, lo=0)
+    budget = min(get_int(args, "max_bytes", READ_BUDGET, lo=1), READ_BUDGET)
+    journal_id = get_str(args, "journal_id", limit=100)
+    verify = get_bool(args, "verify")
     try:
-        since = int(args.get("since") or 0)
-        budget = min(int(args.get("max_bytes") or READ_BUDGET), READ_BUDGET)
-    except (TypeError, ValueError):
-        raise JournalProblem("bad_args", "since and max_bytes must be integers")
-    try:
-        return DeviceJournal(path).read(since, args.get("journal_id"), budget, bool(args.get("verify")))
+        return DeviceJournal(path).read(since, journal_id, budget, verify)
     except OSError as exc:
         raise JournalProblem("io_error", "reading the device journal failed: %s" % exc)
 

@@ -21,6 +21,15 @@ Header ``t`` (type) values:
 ``data``    ``id``, ``off`` (byte offset), ``eof``; body = chunk. Either direction.
 ``cancel``  ``id``: stop the request; it answers with error code ``cancelled``.
 ``hb``      heartbeat, both directions, ``ts``.
+
+Out of step: a reliable stream has no frame boundaries of its own, so a length field that cannot
+be a frame (shorter than the 4-byte header length it must hold, or longer than ``MAX_SKIP``)
+means the reader no longer knows where frames start. :class:`FrameReader` then raises
+:class:`StreamOutOfStep` (a :class:`ProtocolError`), and the reader must end the session: the
+agent ends it cleanly (exit status 0 under ``serve --stdio``; under ``serve --serial`` that ARQ
+session ends and the next one is served), and the laptop should close the link. Oversized frames
+up to ``MAX_SKIP`` are skipped, so the stream stays in step; malformed messages inside a frame
+are counted and skipped.
 """
 
 import json
@@ -29,6 +38,7 @@ import threading
 
 MAX_FRAME = 4 * 1024 * 1024  # bytes, one frame (= one message)
 MAX_HEADER = 1024 * 1024
+MAX_SKIP = 4 * MAX_FRAME  # longer frames are not skipped: the stream is out of step
 DATA_CHUNK = 256 * 1024  # default body size of a data message
 
 _U32 = struct.Struct(">I")
@@ -37,6 +47,11 @@ _U32x2 = struct.Struct(">II")
 
 class ProtocolError(Exception):
     """The peer sent something that is not a valid frame or message."""
+
+
+class StreamOutOfStep(ProtocolError):
+    """A frame length that no frame can have: the reader has lost the frame boundaries of a
+    reliable stream and cannot find them again; end the session (fatal for the session only)."""
 
 
 class StreamClosed(Exception):
@@ -79,7 +94,9 @@ def decode_message(frame):
     try:
         header = json.loads(bytes(frame[4:4 + hlen]).decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError("header is not valid JSON: %s" % exc)
+        raise ProtocolError("header is not valid JSON: %s" % str(exc)[:200])
+    except RecursionError:
+        raise ProtocolError("header is not valid JSON: nested too deeply")
     if not isinstance(header, dict) or not isinstance(header.get("t"), str):
         raise ProtocolError("header is not an object with a type")
     return Message(header, bytes(frame[4 + hlen:]))
@@ -131,13 +148,16 @@ class FrameWriter(object):
 class FrameReader(object):
     """Reads length-prefixed frames from a stream with ``read(n) -> bytes`` (b'' on EOF).
 
-    Oversized or malformed frames raise ProtocolError (the caller counts and decides); a reliable
-    stream cannot resynchronise after that, so the link is torn down rather than guessed at.
+    Oversized frames (skipped, so the stream stays in step) and malformed messages raise
+    ProtocolError: the caller counts them and reads on. A length field no frame can have raises
+    StreamOutOfStep: a reliable stream cannot resynchronise, so the caller ends the session rather
+    than guess where the next frame starts.
     """
 
-    def __init__(self, stream, max_frame=MAX_FRAME, read_size=1024 * 1024):
+    def __init__(self, stream, max_frame=MAX_FRAME, read_size=1024 * 1024, max_skip=None):
         self._stream = stream
         self.max_frame = max_frame
+        self.max_skip = max(max_frame, MAX_SKIP if max_skip is None else max_skip)
         self._read_size = read_size
         self._buf = bytearray()
         self._pos = 0
@@ -159,10 +179,11 @@ class FrameReader(object):
     def read_frame(self):
         self._fill(4)
         (length,) = _U32.unpack_from(self._buf, self._pos)
-        if length < 4:
+        if length < 4 or length > self.max_skip:
             self._pos += 4
             self.rejected += 1
-            raise ProtocolError("frame length %d is too short" % length)
+            raise StreamOutOfStep("frame length %d cannot be a frame (it must be 4..%d): the stream is out of "
+                                  "step" % (length, self.max_skip))
         if length > self.max_frame:
             # Skip the oversized frame so the stream stays in step, then report it.
             self._pos += 4

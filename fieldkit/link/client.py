@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import os
 import threading
 import time
@@ -19,11 +20,12 @@ from typing import Any, BinaryIO, Callable
 
 from fieldkit.agent import PROTOCOL_VERSION
 from fieldkit.agent.protocol import (
-    DATA_CHUNK, FrameReader, FrameWriter, Message, ProtocolError, StreamClosed,
+    DATA_CHUNK, FrameReader, FrameWriter, Message, ProtocolError, StreamClosed, StreamOutOfStep,
 )
 from fieldkit.errors import Cancelled, ConnectError, DeviceError, LinkLost
 
 ProgressFn = Callable[[dict], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,9 +41,14 @@ class DeviceLink:
     """A connected agent. Thread-safe: several calls may run at once."""
 
     def __init__(self, stream: Any, *, name: str, transport: str, heartbeat_s: float = 1.0,
-                 dead_after_s: float = 6.0, on_close: Callable[[], None] | None = None) -> None:
+                 dead_after_s: float = 6.0, on_close: Callable[[], None] | None = None,
+                 agent_push: Any = None, arq: Any = None) -> None:
         self.name = name
         self.transport = transport
+        self.agent_push = agent_push
+        """SSH only: how the agent got there (:class:`fieldkit.link.sshpush.PushedAgent`)."""
+        self.arq = arq
+        """Serial only: the :class:`fieldkit.agent.arq.ArqLink` under the link (its ``stats``)."""
         self._stream = stream
         self._reader = FrameReader(stream)
         self._writer = FrameWriter(stream)
@@ -124,6 +131,10 @@ class DeviceLink:
             while not self._closed.is_set():
                 try:
                     msg = self._reader.read_message()
+                except StreamOutOfStep as exc:  # a reliable stream cannot resynchronise: end the link
+                    self.rejected += 1
+                    reason = f"the device's byte stream is out of step ({exc}); reconnect"
+                    break
                 except ProtocolError:
                     self.rejected += 1
                     continue
@@ -158,16 +169,28 @@ class DeviceLink:
             return
         if t == "hb":
             return
-        p = self._pending.get(h.get("id"))
+        rid = h.get("id")
+        p = self._pending.get(rid) if type(rid) is int else None
         if p is None:
             return
         if t == "res":
             p.response = h
             p.done.set()
         elif t == "evt" and p.on_event:
-            p.on_event(h.get("data") or {})
+            data = h.get("data")
+            if not isinstance(data, dict):
+                self.rejected += 1
+                return
+            try:
+                p.on_event(data)
+            except Exception:  # a display callback's fault must not take the link down
+                log.debug("progress callback of %s failed", p.op, exc_info=True)
         elif t == "data" and p.on_data:
-            p.on_data(int(h.get("off", 0)), msg.body, bool(h.get("eof")))
+            off = h.get("off", 0)
+            if type(off) is not int or off < 0:
+                self.rejected += 1
+                return
+            p.on_data(off, msg.body, h.get("eof") is True)
 
     # ---- calls -------------------------------------------------------------------------------
     def _register(self, op: str, on_event: ProgressFn | None,
@@ -207,19 +230,26 @@ class DeviceLink:
     def _cancel(self, rid: int, p: _Pending) -> dict:
         self._try_cancel(rid)
         p.done.wait(5.0)  # let the device say where it stopped
-        detail = ((p.response or {}).get("error") or {}).get("message", "")
+        err = (p.response or {}).get("error")
+        detail = err.get("message") if isinstance(err, dict) and isinstance(err.get("message"), str) else ""
+        detail = detail[:2000]
         raise Cancelled(f"{p.op} on {self.name} cancelled" + (f": {detail}" if detail else ""))
 
     def _result(self, p: _Pending) -> dict:
         resp = p.response or {}
-        if resp.get("ok"):
-            return resp.get("result") or {}
-        err = resp.get("error") or {}
-        if err.get("code") == "cancelled":
-            raise Cancelled(f"{p.op} on {self.name} cancelled: {err.get('message', '')}")
-        exc = DeviceError(f"{self.name}: {p.op} failed: {err.get('message', 'unknown error')}",
-                          code=err.get("code", "failed"))
-        exc.detail = err.get("detail") or {}  # type: ignore[attr-defined]
+        if resp.get("ok") is True:
+            result = resp.get("result")
+            return {} if result is None else result  # its shape is checked by the device session
+        err = resp.get("error")
+        err = err if isinstance(err, dict) else {}
+        code = err.get("code") if isinstance(err.get("code"), str) else "failed"
+        message = err.get("message") if isinstance(err.get("message"), str) else "unknown error"
+        message = message if len(message) <= 2000 else message[:2000] + "…"
+        if code == "cancelled":
+            raise Cancelled(f"{p.op} on {self.name} cancelled: {message}")
+        exc = DeviceError(f"{self.name}: {p.op} failed: {message}", code=code[:100])
+        detail = err.get("detail")
+        exc.detail = detail if isinstance(detail, dict) else {}  # type: ignore[attr-defined]
         raise exc
 
     def call(self, op: str, args: dict | None = None, *, body: bytes = b"", timeout: float | None = 60.0,
@@ -231,8 +261,9 @@ class DeviceLink:
         except (OSError, StreamClosed) as exc:
             with self._lock:
                 self._pending.pop(rid, None)
-            self.close(f"link error: {exc}")
-            raise LinkLost(f"{self.name}: link lost: {exc}") from exc
+            reason = self.close_reason if self._closed.is_set() else f"link error: {exc}"
+            self.close(reason)  # closed under us (Esc, a dead peer): say why, not EBADF
+            raise LinkLost(f"{self.name}: link lost: {reason}") from exc
         return self._wait(rid, p, timeout, cancel)
 
     def upload(self, source: Path | BinaryIO, dest: str, *, size: int | None = None,

@@ -1,93 +1,40 @@
-"""Open a :class:`DeviceLink` to a device named by inventory name or target string."""
+"""Open a :class:`DeviceLink` over the transport a target string names (transports only).
+
+``open_link("ssh://pi@10.0.0.7", name="line3-cam", home=home)`` connects, starts the agent
+(pushing it over SSH when needed), performs the handshake and returns the link. Resolving
+inventory names and profiles, journaling and witnessing belong to the device session
+(:mod:`fieldkit.devices`), which calls this.
+"""
 
 from __future__ import annotations
 
 import shlex
 import threading
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from fieldkit.errors import ConnectError
 from fieldkit.link.client import DeviceLink
+from fieldkit.link.targets import LocalTarget, SerialTarget, SshTarget, parse_target
 from fieldkit.locations import Home
 
+def open_link(target: str, *, name: str, home: Home, timeout: float = 15.0, dead_after_s: float = 6.0,
+              python_candidates: Sequence[str] = ()) -> DeviceLink:
+    """Connect to ``target`` and hand back a started link (ConnectError / HostKeyError otherwise).
 
-@dataclass(frozen=True)
-class ResolvedDevice:
-    name: str
-    target: str
-    profile: Any  # fieldkit.profiles.Profile
-
-
-def resolve(spec: str, home: Home, profile: str | None = None) -> ResolvedDevice:
-    """Inventory name first, then a target string (``ssh://``, ``serial://``, ``local:``, alias)."""
-    from fieldkit.inventory import get_device
-    from fieldkit.link.targets import parse_target
-    from fieldkit.profiles import get_profile
-
-    dev = get_device(home, spec)
-    if dev is not None:
-        return ResolvedDevice(dev.name, dev.target, get_profile(profile or dev.profile, home))
-    target = parse_target(spec)
-    return ResolvedDevice(str(target), str(target), get_profile(profile or "generic-linux", home))
-
-
-_JOURNALS: dict[str, Any] = {}
-_JOURNALS_LOCK = threading.Lock()
-
-
-def journal_for(home: Home) -> Any:
-    """The operator journal of ``home``, opened once per process and shared by all threads.
-
-    This is the one seam through which every device operation is recorded; it refuses (exit 2,
-    with the command to run) when no operator identity exists."""
-    from fieldkit.journal import Journal
-
-    key = str(home.root.resolve())
-    with _JOURNALS_LOCK:
-        j = _JOURNALS.get(key)
-        if j is None:
-            j = _JOURNALS[key] = Journal.open(home)
-        return j
-
-
-def connect(dev: ResolvedDevice | str, home: Home, *, timeout: float = 15.0,
-            dead_after_s: float = 6.0, witness: bool = True) -> DeviceLink:
-    """Connect, start the agent if needed, handshake; record it in the operator journal and
-    exchange checkpoints with the device's journal. Raises ConnectError / HostKeyError, and
-    IdentityMissing when there is no operator identity."""
-    journal = journal_for(home)
-    if isinstance(dev, str):
-        dev = resolve(dev, home)
-    with journal.operation(dev.name, "connect", {"target": dev.target, "profile": dev.profile.name}) as op:
-        link = _open(dev, home, timeout, dead_after_s)
-        op.details.update(transport=link.transport, agent_version=link.agent.get("agent_version"),
-                          capabilities=link.agent.get("capabilities"))
-    link.journal = journal  # type: ignore[attr-defined]
-    if witness:
-        try:
-            journal.witness(link, dev.name, timeout=timeout)
-        except BaseException:
-            link.close("journal exchange failed")
-            raise
-    return link
-
-
-def _open(dev: ResolvedDevice, home: Home, timeout: float, dead_after_s: float) -> DeviceLink:
-    from fieldkit.link.targets import LocalTarget, SerialTarget, SshTarget, parse_target
-
-    target = parse_target(dev.target)
-    if isinstance(target, LocalTarget):
+    ``python_candidates`` are the interpreters tried on an SSH device, in order (the profile's;
+    empty: the usual places)."""
+    parsed = parse_target(target)
+    if isinstance(parsed, LocalTarget):
         from fieldkit.link.local import spawn_local_agent
 
-        stream = spawn_local_agent(target.root, home.root / "cache")
-        link = DeviceLink(stream, name=dev.name, transport="local", dead_after_s=dead_after_s)
+        stream = spawn_local_agent(parsed.root, home.root / "cache")
+        link = DeviceLink(stream, name=name, transport="local", dead_after_s=dead_after_s)
         return _start(link, timeout, stream)
-    if isinstance(target, SshTarget):
-        return _connect_ssh(dev, target, home, timeout, dead_after_s)
-    if isinstance(target, SerialTarget):
-        return _connect_serial(dev, target, timeout, dead_after_s)
-    raise ConnectError(f"{dev.name}: unsupported target {dev.target}")
+    if isinstance(parsed, SshTarget):
+        return _connect_ssh(name, parsed, home, timeout, dead_after_s, tuple(python_candidates))
+    if isinstance(parsed, SerialTarget):
+        return _connect_serial(name, parsed, timeout, dead_after_s)
+    raise ConnectError(f"{name}: unsupported target {target}")
 
 
 def _start(link: DeviceLink, timeout: float, stream: Any) -> DeviceLink:
@@ -100,24 +47,24 @@ def _start(link: DeviceLink, timeout: float, stream: Any) -> DeviceLink:
         raise
 
 
-def _connect_ssh(dev: ResolvedDevice, target: Any, home: Home, timeout: float,
-                 dead_after_s: float) -> DeviceLink:
-    from fieldkit.link.ssh import SshSession, push_agent
+def _connect_ssh(name: str, target: SshTarget, home: Home, timeout: float, dead_after_s: float,
+                 python_candidates: tuple[str, ...]) -> DeviceLink:
+    from fieldkit.link.ssh import SshSession
+    from fieldkit.link.sshpush import push_agent
     from fieldkit.link.zipapp import agent_archive
 
     session = SshSession.open(target, home, connect_timeout=timeout)
     try:
         arch = agent_archive()
         pushed = push_agent(session, arch.data, arch.sha256,
-                            python_candidates=tuple(dev.profile.transport.python))
+                            python_candidates=python_candidates)
         command = f"{shlex.quote(pushed.python)} {shlex.quote(pushed.path)} serve --stdio"
         stream = session.exec_stream(command)
     except BaseException:
         session.close()
         raise
-    link = DeviceLink(stream, name=dev.name, transport="ssh", dead_after_s=dead_after_s,
-                      on_close=session.close)
-    link.agent_push = pushed  # type: ignore[attr-defined]
+    link = DeviceLink(stream, name=name, transport="ssh", dead_after_s=dead_after_s,
+                      on_close=session.close, agent_push=pushed)
     return _start(link, timeout, stream)
 
 
@@ -180,7 +127,7 @@ class _SerialStream:
         self.arq.close(linger=0.2)
 
 
-def _connect_serial(dev: ResolvedDevice, target: Any, timeout: float, dead_after_s: float) -> DeviceLink:
+def _connect_serial(name: str, target: SerialTarget, timeout: float, dead_after_s: float) -> DeviceLink:
     from fieldkit.agent.arq import ArqLink
 
     port = _SerialPort(target.path, target.baud)
@@ -189,40 +136,9 @@ def _connect_serial(dev: ResolvedDevice, target: Any, timeout: float, dead_after
         session = arq.connect(timeout=min(timeout, 10.0))
     except (TimeoutError, OSError) as exc:
         arq.close()
-        raise ConnectError(f"{dev.name}: no fieldkit agent answered on {target.path} at {target.baud} baud",
+        raise ConnectError(f"{name}: no fieldkit agent answered on {target.path} at {target.baud} baud",
                            hint="check the cable and baud rate, and that `fieldkit-agent serve --serial` "
                                 "runs on the device") from exc
-    link = DeviceLink(_SerialStream(arq, session), name=dev.name, transport="serial", dead_after_s=dead_after_s)
-    link.arq = arq  # type: ignore[attr-defined]
+    link = DeviceLink(_SerialStream(arq, session), name=name, transport="serial", dead_after_s=dead_after_s,
+                      arq=arq)
     return _start(link, timeout, None)
-
-
-def trust_device(home: Home, spec: str, *, fingerprint: str | None = None,
-                 confirm: Any = None, replace: bool = False) -> Any:
-    """Check and pin a device's SSH host key (``fieldkit trust``, the TUI's trust dialog), and
-    record the decision in the operator journal: pinned, replaced, declined or refused."""
-    from fieldkit.errors import Cancelled, HostKeyError
-    from fieldkit.link.hostkeys import trust
-    from fieldkit.link.targets import parse_target
-
-    journal = journal_for(home)
-    dev = resolve(spec, home)
-    details: dict[str, Any] = {"target": dev.target, "fingerprint_given": fingerprint, "replace": replace}
-    try:
-        result = trust(home, parse_target(dev.target), fingerprint=fingerprint, confirm=confirm, replace=replace)
-    except Cancelled:
-        journal.record(dev.name, "trust.decline", "refused", details)
-        raise
-    except HostKeyError as exc:
-        journal.record(dev.name, "trust.refuse", "refused",
-                       {**details, "presented": exc.fingerprint, "expected": exc.expected, "error": exc.message})
-        raise
-    doc = result.as_dict()
-    journal.record(dev.name, f"trust.{doc['status']}", "ok",
-                   {**details, "key_type": doc["key_type"], "fingerprint": doc["fingerprint"]})
-    return result
-
-
-def record_decline(home: Home, device: str, fingerprint: str) -> None:
-    """The technician declined an unknown host key in a dialog: nothing is saved, but it is recorded."""
-    journal_for(home).record(device, "trust.decline", "refused", {"presented": fingerprint})

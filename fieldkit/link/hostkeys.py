@@ -12,8 +12,8 @@
   hint. A file that exists but cannot be read is reported in every refusal and logged (it can
   only make fieldkit refuse more, never accept more).
 
-:func:`trust` is what ``fieldkit trust TARGET`` runs: fetch the key, check it against a
-fingerprint the technician read off the device (or ask through ``confirm``), then pin it.
+This module only reads and writes known_hosts files; fetching a key from a device and pinning it
+(``fieldkit trust``) is :mod:`fieldkit.link.trust`.
 """
 
 from __future__ import annotations
@@ -27,15 +27,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Iterable
 
-from fieldkit.errors import Cancelled, ConfigError, ConnectError, HostKeyError
+from fieldkit.errors import ConfigError, HostKeyError
+from fieldkit.fsutil import atomic_write
 from fieldkit.locations import Home
 
 if TYPE_CHECKING:  # paramiko is imported lazily (fieldkit --help must start fast)
     from paramiko import PKey
-
-    from fieldkit.link.targets import SshTarget
 
 log = logging.getLogger(__name__)
 
@@ -373,150 +372,5 @@ def _remove_name(path: Path, name: str) -> list[str]:
             fields[idx] = ",".join(rest)
             out.append(" ".join(fields) + "\n")
         # else: the line only named this host (or only matched it by a pattern): drop it
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, "".join(out).encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    atomic_write(path, "".join(out), mode=0o600)
     return removed
-
-
-# --------------------------------------------------------------------------- fetch and trust
-
-def fetch_host_key(target: "SshTarget | str", home: Home | None = None, *, connect_timeout: float = 10.0,
-                   key_types: Iterable[str] | None = None) -> tuple[str, str, "PKey"]:
-    """Handshake with ``target`` (honouring ~/.ssh/config HostName, Port, ProxyCommand and
-    ProxyJump), take its host key and disconnect without authenticating.
-
-    ``key_types`` restricts the host-key types offered (``"ssh-ed25519"``, ``"ssh-rsa"``...);
-    by default types already on file for the host come first, as when connecting.
-    Jump hosts are connected to normally, so they must already be trusted.
-    Returns ``(key_type, "SHA256:...", pkey)``.
-    """
-    from fieldkit.link.ssh import fetch_server_key
-
-    pkey = fetch_server_key(target, home or Home.current(), connect_timeout=connect_timeout,
-                            key_types=list(key_types) if key_types is not None else None)
-    return pkey.get_name(), fingerprint(pkey), pkey
-
-
-@dataclass(frozen=True)
-class TrustResult:
-    """What :func:`trust` did (refusals raise instead). Plain JSON-able fields."""
-
-    host: str  # the name the key is filed under (``host`` or ``[host]:port``)
-    key_type: str
-    fingerprint: str
-    status: str  # "added", "replaced" or "already-trusted"
-    path: str  # fieldkit's known_hosts
-    removed: tuple[str, ...] = ()  # fingerprints dropped from fieldkit's file (replace=True)
-    notes: tuple[str, ...] = ()
-    trusted: bool = True
-
-    def as_dict(self) -> dict:
-        return {"host": self.host, "key_type": self.key_type, "fingerprint": self.fingerprint,
-                "status": self.status, "path": self.path, "removed": list(self.removed),
-                "notes": list(self.notes), "trusted": self.trusted}
-
-
-def trust(home: Home, target: "SshTarget | str", fingerprint: str | None = None,
-          confirm: Callable[[str, str, str], bool] | None = None, replace: bool = False, *,
-          connect_timeout: float = 10.0) -> TrustResult:
-    """Pin ``target``'s host key in fieldkit's known_hosts.
-
-    With ``fingerprint`` (``SHA256:...`` as printed by ``ssh-keygen -lf`` on the device), the
-    key is pinned only if it matches exactly; other key types the device offers are tried before
-    giving up. Otherwise ``confirm(host, key_type, fingerprint)`` must return True. A host with a
-    different key on file is refused unless ``replace`` (then only that host's entries in
-    fieldkit's own file are replaced; the user's files are never touched).
-
-    Raises :class:`HostKeyError` (mismatch, conflicting key, revoked), :class:`ConfigError`
-    (neither fingerprint nor confirm), :class:`Cancelled` (confirm said no; nothing written),
-    :class:`ConnectError` (unreachable).
-    """
-    from fieldkit.link.ssh import as_ssh_target, resolve_ssh_target
-
-    target = as_ssh_target(target)
-    if fingerprint is None and confirm is None:
-        raise ConfigError("refusing to trust a host key nobody checked",
-                          hint="pass the fingerprint shown on the device (--fingerprint SHA256:...)")
-    home.ensure()
-    resolved = resolve_ssh_target(target)
-    name = resolved.known_hosts_name
-    display = resolved.display
-    kh = KnownHosts.load(home, resolved.user_known_hosts)
-    key_type, got, pkey = fetch_host_key(target, home, connect_timeout=connect_timeout)
-    if fingerprint is not None and not _fingerprint_matches(fingerprint, pkey.asbytes()):
-        pkey = _find_key_with_fingerprint(target, home, connect_timeout, fingerprint, key_type)
-        if pkey is None:
-            raise HostKeyError(
-                f"host key for {display} does not match the fingerprint you gave: expected "
-                f"{normalize_fingerprint(fingerprint)}, got {key_type} {got}; nothing was written",
-                host=display, key_type=key_type, fingerprint=got,
-                expected=normalize_fingerprint(fingerprint),
-                hint="read the fingerprint again on the device's console "
-                     "(ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub); a mismatch can mean "
-                     "you are not talking to the device you think")
-        key_type, got = pkey.get_name(), fingerprint_blob(pkey.asbytes())
-
-    blob = pkey.asbytes()
-    status, entries = kh.status(name, key_type, blob)
-    if status == "ok":
-        return TrustResult(name, key_type, got, "already-trusted", str(home.known_hosts))
-    if status == "revoked":
-        kh.check(name, pkey, display=display, target=str(target))  # raises
-    conflict = status in ("changed", "other-types")
-    if conflict and not replace:
-        old = ", ".join(f"{e.key_type} {e.fingerprint} ({e.path}:{e.lineno})" for e in entries)
-        raise HostKeyError(
-            f"{display} already has a different host key on file: {old}; the device now "
-            f"offers {key_type} {got}. Nothing was written.",
-            host=display, key_type=key_type, fingerprint=got, expected=entries[0].fingerprint,
-            hint=f"if the device was reflashed, check the new fingerprint on the device and run "
-                 f"`fieldkit trust --replace {target}`")
-
-    if fingerprint is None:
-        assert confirm is not None
-        if not confirm(display, key_type, got):
-            raise Cancelled(f"host key {key_type} {got} for {display} was not trusted; "
-                            "nothing was written")
-
-    removed: list[str] = []
-    notes: list[str] = []
-    if conflict:
-        removed = _remove_name(home.known_hosts, name)
-        for e in entries:
-            if e.path != home.known_hosts:
-                notes.append(f"the old key {e.fingerprint} is still in {e.path}:{e.lineno} "
-                             f"(fieldkit does not edit it; `ssh-keygen -R '{name}'` removes it)")
-    _append_entry(home.known_hosts, name, key_type, pkey.get_base64())
-    return TrustResult(name, key_type, got, "replaced" if conflict else "added",
-                       str(home.known_hosts), tuple(removed), tuple(notes))
-
-
-def _find_key_with_fingerprint(target: "SshTarget", home: Home, timeout: float, want: str,
-                               already: str) -> "PKey | None":
-    """The device may have several host keys; look for the one the technician read off it."""
-    for key_type in KEY_TYPE_ALGORITHMS:
-        if key_type == already:
-            continue
-        try:
-            _, _, pkey = fetch_host_key(target, home, connect_timeout=timeout, key_types=[key_type])
-        except HostKeyError:
-            raise
-        except ConnectError:
-            continue  # the device has no key of this type
-        if _fingerprint_matches(want, pkey.asbytes()):
-            return pkey
-    return None

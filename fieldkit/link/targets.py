@@ -82,13 +82,20 @@ class LocalTarget:
 Target = SshTarget | SerialTarget | LocalTarget
 
 
+MAX_TARGET = 1024  # characters; a path or URL past this is a paste gone wrong
+MAX_HOST = 253     # DNS: a whole name, and 63 per label
+
+
 def _bad(text: str, why: str) -> ConfigError:
-    return ConfigError(f"not a device target: {text!r} ({why})", hint=f"use {ACCEPTED_FORMS}")
+    shown = text if len(text) <= 80 else f"{text[:60]}…({len(text)} characters)"
+    return ConfigError(f"not a device target: {shown!r} ({why})", hint=f"use {ACCEPTED_FORMS}")
 
 
 def _check_host(text: str, host: str) -> str:
     if not host:
         raise _bad(text, "no host name")
+    if len(host) > MAX_HOST or any(len(label) > 63 for label in host.split(".")):
+        raise _bad(text, f"host name longer than DNS allows ({MAX_HOST} characters, 63 per label)")
     if _HOST_WORD.match(host):
         return host
     try:
@@ -203,6 +210,10 @@ def parse_target(text: str) -> Target:
     text = text.strip()
     if not text:
         raise _bad(text, "empty")
+    if len(text) > MAX_TARGET:
+        raise _bad(text, f"longer than {MAX_TARGET} characters")
+    if not text.isprintable():
+        raise _bad(text, "contains control characters")
     lower = text.lower()
     if lower.startswith("ssh://"):
         return _parse_ssh_url("ssh://" + text[6:])

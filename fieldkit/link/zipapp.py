@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+from fieldkit.fsutil import atomic_write
 
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)
 _MAIN = b"import sys\nfrom fieldkit.agent.__main__ import main\nsys.exit(main())\n"
@@ -34,10 +34,7 @@ class AgentArchive:
         cache_dir.mkdir(parents=True, exist_ok=True)
         path = cache_dir / f"agent-{self.short}.pyz"
         if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != self.sha256:
-            fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".agent-", suffix=".tmp")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(self.data)
-            os.replace(tmp, path)  # concurrent writers all write the same bytes
+            atomic_write(path, self.data, durable=False)  # a cache: concurrent writers write the same bytes
         return path
 
 

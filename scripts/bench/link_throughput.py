@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 def bench_ssh(mb: int, rounds: int, work: Path) -> dict:
     from sshd import Sshd
 
-    from fieldkit.link.connect import connect
-    from fieldkit.link.ssh import ensure_client_key
+    from fieldkit.devices import open_session
+    from fieldkit.link.sshauth import ensure_client_key
     from fieldkit.locations import Home
 
     home = Home(work / "home").ensure()
@@ -66,13 +66,13 @@ def bench_ssh(mb: int, rounds: int, work: Path) -> dict:
         target = f"ssh://{sshd.user}@127.0.0.1:{sshd.port}"
         scp_base = ["scp", "-q", "-B", "-i", str(key), "-P", str(sshd.port),
                     "-o", f"UserKnownHostsFile={kh}", "-o", "StrictHostKeyChecking=yes"]
-        link = connect(target, home, timeout=30)
+        link = open_session(target, home, timeout=30)
         try:
             for r in range(rounds):
                 t0 = time.perf_counter()
                 res = link.upload(payload, str(dest_dir / "fk.bin"), sha256=digest, timeout=600)
                 results["fieldkit"].append(size / (time.perf_counter() - t0) / 1e6)
-                assert res["sha256"] == digest
+                assert res.sha256 == digest
                 (dest_dir / "fk.bin").unlink()
                 for name, extra in (("scp", []), ("scp-aes128-ctr", ["-c", "aes128-ctr"])):
                     t0 = time.perf_counter()
@@ -93,7 +93,7 @@ def bench_ssh(mb: int, rounds: int, work: Path) -> dict:
 def bench_serial(mb: int, error_rate: float) -> dict:
     from fieldkit.agent.arq import ArqLink
     from fieldkit.agent.streams import open_tty
-    from fieldkit.ptyrelay import FaultInjector, PtyRelay
+    from fieldkit.sim.ptyrelay import FaultInjector, PtyRelay
 
     fault = None
     if error_rate:

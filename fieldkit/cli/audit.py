@@ -1,9 +1,7 @@
-"""``fieldkit init`` and ``fieldkit audit show|status|verify|export|sync`` (the operator journal).
+"""``fieldkit audit show|status|verify|export|sync``: the operator journal.
 
-Registered into the main parser by :func:`register`; each parser carries its handler
-(``args.handler(args, home)``). Exit codes as everywhere: 0 ok, 1 verification failed or the
-receiver refused the content, 2 usage / no identity / journal unwritable, 3 receiver unreachable,
-TLS or token refused, 130 cancelled.
+Exit codes as everywhere: 0 ok, 1 verification failed or the receiver refused the content,
+2 usage / no identity / journal unwritable, 3 receiver unreachable, TLS or token refused, 130 cancelled.
 """
 
 from __future__ import annotations
@@ -17,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from fieldkit.cli.common import emit_json
 from fieldkit.errors import ConfigError
 from fieldkit.locations import Home
 from fieldkit.textfmt import table
@@ -25,73 +24,41 @@ _RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
-def register(sub: Any) -> None:
-    """Add ``init`` and ``audit`` to the main parser's subcommands."""
-    s = sub.add_parser("init", help="create the operator identity that signs the journal")
-    s.add_argument("--operator", required=True, metavar="NAME", help="your name as it appears in the journal")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(handler=cmd_init)
-
-    s = sub.add_parser("audit", help="the operator journal: show, status, verify, export, sync")
-    s.set_defaults(handler=cmd_audit)
-    asub = s.add_subparsers(dest="action", metavar="ACTION", parser_class=type(s))
-    a = asub.add_parser("show", help="list journal entries")
+def register(subparsers: Any) -> None:
+    """Add ``audit`` (``fieldkit audit`` alone shows the status)."""
+    s = subparsers.add_parser("audit", help="the operator journal: show, status, verify, export, sync")
+    s.set_defaults(handler=cmd_status, json=False)
+    actions = s.add_subparsers(dest="action", metavar="ACTION")
+    a = actions.add_parser("show", help="list journal entries")
     a.add_argument("--device", metavar="D", help="only this device")
     a.add_argument("--action", dest="filter_action", metavar="A", help="only this action (and its sub-actions)")
     a.add_argument("--since", metavar="T", help="from time T: 2026-11-23, 2026-11-23T08:00 (local), ...Z (UTC), or 2h, 3d")
     a.add_argument("--limit", type=int, metavar="N", help="only the last N entries")
     a.add_argument("--json", action="store_true")
-    a = asub.add_parser("status", help="entries, pending sync, last sync, key fingerprint")
+    a.set_defaults(handler=cmd_show)
+    a = actions.add_parser("status", help="entries, pending sync, last sync, key fingerprint")
     a.add_argument("--json", action="store_true")
-    a = asub.add_parser("verify", help="check hashes, signatures and checkpoints (exit 1 names the first bad seq)")
+    a.set_defaults(handler=cmd_status)
+    a = actions.add_parser("verify", help="check hashes, signatures and checkpoints (exit 1 names the first bad seq)")
     a.add_argument("--bundle", type=Path, metavar="FILE", help="verify an exported bundle instead of this journal")
     a.add_argument("--fingerprint", metavar="SHA256:...", help="with --bundle: the operator key it must be signed by")
     a.add_argument("--json", action="store_true")
-    a = asub.add_parser("export", help="write a self-contained, verifiable bundle")
+    a.set_defaults(handler=cmd_verify)
+    a = actions.add_parser("export", help="write a self-contained, verifiable bundle")
     a.add_argument("--out", type=Path, required=True, metavar="FILE")
     a.add_argument("--json", action="store_true")
-    a = asub.add_parser("sync", help="send unacknowledged entries to a receiver (HTTPS)")
+    a.set_defaults(handler=cmd_export)
+    a = actions.add_parser("sync", help="send unacknowledged entries to a receiver (HTTPS)")
     a.add_argument("--to", required=True, metavar="URL", help="receiver base URL (https://; http:// only to this machine)")
     a.add_argument("--ca-bundle", type=Path, metavar="FILE", help="CA certificate(s) (PEM) to trust for the receiver")
     a.add_argument("--token-file", type=Path, metavar="FILE", help="bearer token file (default: $FIELDKIT_SYNC_TOKEN)")
     a.add_argument("--batch", type=int, default=500, metavar="N", help="entries per request (default 500)")
     a.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds per request (default 30)")
     a.add_argument("--json", action="store_true")
+    a.set_defaults(handler=cmd_sync)
 
 
-def _emit(doc: Any) -> None:
-    print(json.dumps(doc, indent=2, default=str, ensure_ascii=False))
-
-
-# ---- init ----------------------------------------------------------------------------------------
-def cmd_init(args: argparse.Namespace, home: Home) -> int:
-    from fieldkit.journal import setup_operator
-
-    doc = setup_operator(home, args.operator)
-    if args.json:
-        _emit(doc)
-        return 0
-    status = doc["status"]
-    if status == "renamed":
-        print(f"operator renamed to {doc['operator']} (was {doc['previous']}); same key")
-    else:
-        print(f"{'created a signing key for' if status == 'created' else 'already set up as'} operator {doc['operator']}")
-    print(f"  key          {doc['key']} (ECDSA P-256, mode 0600)")
-    print(f"  fingerprint  {doc['key_fingerprint']}")
-    print(f"  journal      {doc['journal']} (id {doc['journal_id']})")
-    if status == "created":
-        print("Give the fingerprint to whoever receives your journal (audit sync / export).")
-    return 0
-
-
-# ---- audit ---------------------------------------------------------------------------------------
-def cmd_audit(args: argparse.Namespace, home: Home) -> int:
-    action = args.action or "status"
-    if action == "status" and not hasattr(args, "json"):
-        args.json = False
-    return {"show": _show, "status": _status, "verify": _verify, "export": _export, "sync": _sync}[action](args, home)
-
-
+# ---- actions ------------------------------------------------------------------------------------
 def parse_since(text: str, now: datetime | None = None) -> str:
     """``2h``/``3d``/``45m`` ago, or an ISO date/time (local time unless it says Z or an offset),
     as the journal's UTC time string."""
@@ -110,7 +77,7 @@ def parse_since(text: str, now: datetime | None = None) -> str:
     return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _show(args: argparse.Namespace, home: Home) -> int:
+def cmd_show(args: argparse.Namespace, home: Home) -> int:
     from fieldkit.journal import Journal
 
     since = parse_since(args.since) if args.since else None
@@ -120,7 +87,7 @@ def _show(args: argparse.Namespace, home: Home) -> int:
         entries = journal.entries(device=args.device, action=args.filter_action, since=since,
                                   limit=args.limit, newest=args.limit is not None)
     if args.json:
-        _emit({"entries": [e.to_json() for e in entries]})
+        emit_json({"entries": [e.to_json() for e in entries]}, ensure_ascii=False)
         return 0
     if not entries:
         print("no entries match")
@@ -134,13 +101,13 @@ def _show(args: argparse.Namespace, home: Home) -> int:
     return 0
 
 
-def _status(args: argparse.Namespace, home: Home) -> int:
+def cmd_status(args: argparse.Namespace, home: Home) -> int:
     from fieldkit.journal import Journal
 
     with Journal.open_readonly(home) as journal:
         doc = journal.status()
     if args.json:
-        _emit(doc)
+        emit_json(doc, ensure_ascii=False)
         return 0
     last = doc["last_sync"]
     cp = doc["last_checkpoint"]
@@ -165,7 +132,7 @@ def _status(args: argparse.Namespace, home: Home) -> int:
     return 0
 
 
-def _verify(args: argparse.Namespace, home: Home) -> int:
+def cmd_verify(args: argparse.Namespace, home: Home) -> int:
     if args.bundle is not None:
         from fieldkit.auditbundle import verify_bundle
 
@@ -180,7 +147,7 @@ def _verify(args: argparse.Namespace, home: Home) -> int:
             res = journal.verify()
         what = f"journal {res.journal_id}"
     if args.json:
-        _emit(res.to_json())
+        emit_json(res.to_json(), ensure_ascii=False)
         return 0 if res.ok else 1
     if res.ok:
         print(f"ok: {what}: {res.entries} entries, hashes, links and signatures verified, "
@@ -196,14 +163,14 @@ def _verify(args: argparse.Namespace, home: Home) -> int:
     return 0 if res.ok else 1
 
 
-def _export(args: argparse.Namespace, home: Home) -> int:
+def cmd_export(args: argparse.Namespace, home: Home) -> int:
     from fieldkit.auditbundle import export_bundle
     from fieldkit.journal import Journal
 
     with Journal.open(home) as journal:
         summary = export_bundle(journal, args.out)
     if args.json:
-        _emit(summary)
+        emit_json(summary, ensure_ascii=False)
     else:
         print(f"wrote {summary['path']}: {summary['entries']} entries (head seq {summary['head']['seq']}), "
               f"{summary['device_journals']} device journal(s), {summary['bytes']} bytes")
@@ -212,7 +179,7 @@ def _export(args: argparse.Namespace, home: Home) -> int:
     return 0
 
 
-def _sync(args: argparse.Namespace, home: Home) -> int:
+def cmd_sync(args: argparse.Namespace, home: Home) -> int:
     from fieldkit.errors import Cancelled
     from fieldkit.journal import Journal
     from fieldkit.sync import describe, parse_target, read_token, sync
@@ -238,7 +205,7 @@ def _sync(args: argparse.Namespace, home: Home) -> int:
             if show:
                 sys.stderr.write("\n")
     if args.json:
-        _emit(result.to_json())
+        emit_json(result.to_json(), ensure_ascii=False)
     else:
         print(describe(result))
     return 0

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from fieldkit.link.hostkeys import fingerprint
-from fieldkit.link.ssh import MAX_PACKET_SIZE, WINDOW_SIZE, write_ed25519_key
+from fieldkit.link.ssh import MAX_PACKET_SIZE, WINDOW_SIZE
+from fieldkit.link.sshauth import write_ed25519_key
 
 if TYPE_CHECKING:
     import paramiko

@@ -11,13 +11,13 @@ and prints the result.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
+from fieldkit.cli.common import emit_json
 from fieldkit.errors import Cancelled, ConfigError, LinkLost
 from fieldkit.textfmt import human_bytes, table, use_color
 
@@ -46,8 +46,7 @@ the benchmark (bad model, shape mismatch, no onnxruntime), 130 cancelled.
 """
 
 
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``bench`` subcommand to the CLI's subparsers."""
+def register(subparsers: Any) -> None:
     s = subparsers.add_parser("bench", help="benchmark a model on a device; list or compare saved reports",
                               usage=USAGE, description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,23 +83,24 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--no-save", action="store_true", help="do not keep the report under FIELDKIT_HOME/reports")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     s.add_argument("--timeout", type=float, default=15.0, help="connect timeout in seconds (default 15)")
-    return s
+    s.set_defaults(handler=cmd_bench)
 
 
 def cmd_bench(args: argparse.Namespace, home: Any) -> int:
-    words = list(args.words)
-    if words[0] == "list":
-        if len(words) != 1:
-            raise ConfigError("usage: fieldkit bench list [--json]")
-        return cmd_bench_list(args, home)
-    if words[0] == "compare":
-        if len(words) != 3:
-            raise ConfigError("usage: fieldkit bench compare A B  (report files or ids; `fieldkit bench list` "
-                              "shows them)")
-        return cmd_bench_compare(args, home, words[1], words[2])
-    if len(words) != 2:
+    """``bench TARGET MODEL``, unless the first word is one of :data:`ACTIONS` (``list``, ``compare``).
+
+    Those words are reserved: no device may be named after them (``fieldkit.inventory.RESERVED_DEVICE_NAMES``).
+    """
+    word, *operands = args.words
+    action = ACTIONS.get(word)
+    if action is not None:
+        handler, arity, usage = action
+        if len(operands) != arity:
+            raise ConfigError(usage)
+        return handler(args, home, *operands)
+    if len(operands) != 1:
         raise ConfigError("usage: fieldkit bench TARGET MODEL [options]  (or: bench list, bench compare A B)")
-    return cmd_bench_run(args, home, words[0], words[1])
+    return cmd_bench_run(args, home, word, operands[0])
 
 
 # ---- run ------------------------------------------------------------------------------------------
@@ -115,7 +115,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         warmup=args.warmup, runs=args.runs, duration_s=args.duration, sustained=args.sustained,
         min_runs=args.min_runs, max_seconds=args.max_seconds, threads=args.threads, rate_hz=args.rate,
         shapes=shapes, inputs=args.inputs, seed=args.seed, spin=args.spin, providers=list(args.provider),
-    ).validate()
+    )
 
 
 class ProgressLine:
@@ -160,7 +160,7 @@ class ProgressLine:
 
     @staticmethod
     def render(ev: dict) -> str:
-        from fieldkit.bench import fmt_ms
+        from fieldkit.benchreport import fmt_ms
 
         phase = ev.get("phase")
         if phase == "upload":
@@ -187,8 +187,9 @@ class ProgressLine:
 
 
 def cmd_bench_run(args: argparse.Namespace, home: Any, target: str, model_text: str) -> int:
-    from fieldkit.bench import parse_model_spec, run_bench, save_report, write_json_atomic
-    from fieldkit.link.connect import resolve
+    from fieldkit.bench import parse_model_spec, run_bench
+    from fieldkit.benchreport import save_report
+    from fieldkit.devices import resolve
 
     settings = settings_from_args(args)
     spec = parse_model_spec(model_text)
@@ -246,16 +247,18 @@ def cmd_bench_run(args: argparse.Namespace, home: Any, target: str, model_text: 
     if not args.no_save:
         save_report(home, report)
     if args.report:
-        write_json_atomic(args.report, report.to_json())
+        from fieldkit.fsutil import atomic_write_json
+
+        atomic_write_json(args.report, report.to_json())
     if args.json:
-        print(json.dumps(report.to_json(), indent=2, default=str))
+        emit_json(report.to_json())
     else:
         print(render_report(report))
     return report.exit_code
 
 
 def render_report(report: Any) -> str:
-    from fieldkit.bench import fmt_ms
+    from fieldkit.benchreport import fmt_ms
 
     color = use_color()
     d = report.to_json()
@@ -325,16 +328,16 @@ def _num(v: Any) -> str:
 
 # ---- list / compare -------------------------------------------------------------------------------
 def cmd_bench_list(args: argparse.Namespace, home: Any) -> int:
-    from fieldkit.bench import list_reports
+    from fieldkit.benchreport import list_reports
 
     reports = list_reports(home)
     if args.json:
-        print(json.dumps({"reports": [{
+        emit_json({"reports": [{
             "id": r.id, "path": str(r.path), "created_at": r.created_at, "device": r.device,
             "model": r.model.get("name"), "sha256": r.model.get("sha256"), "runs": r.result.get("runs"),
             "p50_ms": (r.result.get("latency_ms") or {}).get("p50"),
             "p99_ms": (r.result.get("latency_ms") or {}).get("p99"),
-            "use_case": r.use_case, "verdict": r.verdict.status} for r in reports]}, indent=2))
+            "use_case": r.use_case, "verdict": r.verdict.status} for r in reports]})
         return 0
     if not reports:
         print(f"no saved bench reports in {home.reports_dir}; run `fieldkit bench TARGET MODEL`")
@@ -348,15 +351,15 @@ def cmd_bench_list(args: argparse.Namespace, home: Any) -> int:
 
 
 def cmd_bench_compare(args: argparse.Namespace, home: Any, ref_a: str, ref_b: str) -> int:
-    from fieldkit.bench import compare, load_report
+    from fieldkit.benchreport import compare, load_report
 
     a, b = load_report(home, ref_a), load_report(home, ref_b)
     rows = compare(a, b)
     if args.json:
-        print(json.dumps({
+        emit_json({
             "a": {"id": a.id, "path": str(a.path), "device": a.device, "model": a.model.get("name")},
             "b": {"id": b.id, "path": str(b.path), "device": b.device, "model": b.model.get("name")},
-            "rows": [r.__dict__ for r in rows]}, indent=2, default=str))
+            "rows": [r.__dict__ for r in rows]})
         return 0
     print(f"A  {a.id}: {a.model.get('name')} on {a.device}")
     print(f"B  {b.id}: {b.model.get('name')} on {b.device}")
@@ -383,3 +386,11 @@ def _cell(v: Any, unit: str) -> str:
     if unit in ("%", "°C", "/s", "Hz"):
         return f"{v:.1f} {unit}" if unit != "/s" else f"{v:.1f}/s"
     return f"{v:g}"
+
+
+# The words that take the TARGET position: handler, number of operands, usage shown when it is wrong.
+ACTIONS: dict[str, tuple[Callable[..., int], int, str]] = {
+    "list": (cmd_bench_list, 0, "usage: fieldkit bench list [--json]"),
+    "compare": (cmd_bench_compare, 2, "usage: fieldkit bench compare A B  (report files or ids; "
+                                      "`fieldkit bench list` shows them)"),
+}

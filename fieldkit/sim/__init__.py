@@ -78,7 +78,7 @@ class Simulation:
         return self._base
 
     def start(self) -> "Simulation":
-        from fieldkit.link.ssh import ensure_client_key
+        from fieldkit.link.sshauth import ensure_client_key
 
         self.home.ensure()
         key_path = ensure_client_key(self.home)
@@ -95,7 +95,7 @@ class Simulation:
     def _start_ssh(self, name: str, client_pub: Path) -> None:
         from fieldkit.inventory import add_device
         from fieldkit.link.hostkeys import add_host_key, fingerprint
-        from fieldkit.simssh import SimSshServer
+        from fieldkit.sim.ssh import SimSshServer
 
         root = make_device_root(self.base / name)
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR")}
@@ -125,7 +125,7 @@ class Simulation:
 
     def _start_serial(self, name: str) -> None:
         from fieldkit.inventory import add_device
-        from fieldkit.ptyrelay import PtyRelay
+        from fieldkit.sim.ptyrelay import PtyRelay
 
         root = make_device_root(self.base / name)
         relay = PtyRelay()

@@ -1,0 +1,76 @@
+"""``fieldkit demo`` and ``fieldkit sim`` (simulated devices), and opening the TUI."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from fieldkit.errors import ConfigError
+from fieldkit.locations import Home
+from fieldkit.textfmt import table
+
+
+def register(subparsers: Any) -> None:
+    s = subparsers.add_parser("demo", help="start simulated devices (2 SSH, 1 serial) and open the TUI on them")
+    s.add_argument("--keep-home", action="store_true", help="use FIELDKIT_HOME instead of a throw-away demo home")
+    s.add_argument("--text", action="store_true", help="print the devices' health instead of opening the TUI")
+    s.set_defaults(handler=cmd_demo)
+
+    s = subparsers.add_parser("sim", help="run simulated devices (SSH and serial) until Ctrl-C")
+    s.add_argument("--ssh", type=int, default=1, metavar="N", help="SSH devices (default 1)")
+    s.add_argument("--serial", type=int, default=1, metavar="N", help="serial devices (default 1)")
+    s.add_argument("--state", type=Path, metavar="FILE", help="write the devices as JSON to FILE")
+    s.add_argument("--profile", default="generic-linux", help="profile given to the simulated devices")
+    s.add_argument("--prefix", default="sim", help="device name prefix (default: sim)")
+    s.set_defaults(handler=cmd_sim)
+
+
+def cmd_sim(args: argparse.Namespace, home: Home) -> int:
+    from fieldkit.sim import Simulation, wait_forever
+
+    with Simulation(home, ssh=args.ssh, serial=args.serial, prefix=args.prefix, profile=args.profile) as sim:
+        if args.state:
+            sim.write_state(args.state)
+        print(table(["DEVICE", "TRANSPORT", "TARGET", "HOST KEY"],
+                    [[d.name, d.transport, d.target, d.host_key_fingerprint or "-"] for d in sim.devices]))
+        print(f"\n{len(sim.devices)} simulated device(s) registered in {home.root}. "
+              "Try `fieldkit health --all` in another terminal. Ctrl-C stops them.", flush=True)
+        wait_forever()
+    print("simulated devices stopped and removed from the inventory")
+    return 0
+
+
+def run_tui(home: Home) -> int:
+    """Open the Textual UI (the only place the core hands over to the UI layer)."""
+    try:
+        import importlib
+
+        tui = importlib.import_module("screens.app")
+    except ImportError as exc:
+        raise ConfigError(f"the TUI is not available ({exc})", hint="pip install fieldkit with its dependencies")
+    return int(tui.run(home) or 0)
+
+
+def cmd_demo(args: argparse.Namespace, home: Home) -> int:
+    import tempfile
+
+    from fieldkit.cli.health import render_health
+    from fieldkit.health import check_many
+    from fieldkit.sim import Simulation
+
+    with tempfile.TemporaryDirectory(prefix="fieldkit-demo-") as tmp:
+        demo_home = home if args.keep_home else Home(Path(tmp) / "home")
+        from fieldkit.journal import IdentityMissing, load_identity, setup_operator
+
+        try:
+            load_identity(demo_home)
+        except IdentityMissing:
+            setup_operator(demo_home.ensure(), "demo-technician")
+        print(f"starting 2 SSH and 1 serial simulated devices (home: {demo_home.root}) ...", flush=True)
+        with Simulation(demo_home, ssh=2, serial=1, prefix="demo") as sim:
+            if not args.text:
+                return run_tui(demo_home)
+            reports = check_many([d.name for d in sim.devices], demo_home)
+            print(render_health(reports))
+    return 3 if any(r.status == "unreachable" for r in reports) else 0
