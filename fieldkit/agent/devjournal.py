@@ -32,6 +32,7 @@ import time
 import uuid
 
 from fieldkit.agent.fields import get_bool, get_int, get_str
+from fieldkit.agent.files import atomic_write, fsync_dir
 from fieldkit.agent.protocol import RemoteError
 
 GENESIS = "0" * 64
@@ -167,7 +168,7 @@ class DeviceJournal(object):
             os.ftruncate(fd, end)  # no partial line left behind (disk full)
             raise
         if seq == 1:
-            _fsync_dir(os.path.dirname(self.path))
+            fsync_dir(os.path.dirname(self.path))
         return entry
 
     # ---- reading ---------------------------------------------------------------------------
@@ -269,7 +270,7 @@ class DeviceJournal(object):
             previous = table.get(jid)
             entry = self._append_locked(fd, "laptop.checkpoint", checkpoint)
             table[jid] = checkpoint
-            _atomic_write(self.witness_path, canonical(table) + b"\n")
+            atomic_write(self.witness_path, canonical(table) + b"\n")
         finally:
             os.close(fd)
         head = {"journal_id": entry["journal"], "seq": entry["seq"], "hash": entry["hash"]}
@@ -311,33 +312,6 @@ def _rfind_newline(fd, end):
 
 def _bad(seq, problem, message):
     return {"ok": False, "entries": seq, "bad_seq": seq, "problem": problem, "message": message}
-
-
-def _fsync_dir(path):
-    try:
-        dfd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
-
-
-def _atomic_write(path, data):
-    tmp = "%s.tmp-%d" % (path, os.getpid())
-    try:
-        os.unlink(tmp)  # a leftover (or a planted symlink) is replaced, never followed
-    except FileNotFoundError:
-        pass
-    with os.fdopen(_open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o640), "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path))
 
 
 def append_event(path, event, details=None):

@@ -125,7 +125,8 @@ def _why(exc):
     return exc.strerror or str(exc)[:200]
 
 
-def _fsync_dir(path):
+def fsync_dir(path):
+    """fsync a directory so a rename inside it survives power loss (best effort)."""
     try:
         dfd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -136,6 +137,23 @@ def _fsync_dir(path):
         pass
     finally:
         os.close(dfd)
+
+
+def atomic_write(path, data, mode=0o640):
+    """Replace ``path`` with ``data``: temp file (a leftover or planted symlink is replaced, never
+    followed), fsync, rename, fsync of the directory. The device side's one durable write."""
+    tmp = "%s.tmp-%d" % (path, os.getpid())
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path))
 
 
 class Upload(object):
@@ -201,7 +219,7 @@ class Upload(object):
             os.replace(self.part, self.path)
         except OSError as exc:
             raise RemoteError("io_error", "cannot put %s in place: %s" % (shorten(self.rel), _why(exc)))
-        _fsync_dir(os.path.dirname(self.path))
+        fsync_dir(os.path.dirname(self.path))
         return {"path": self.rel, "size": self.size, "sha256": digest}
 
     def abort(self):
