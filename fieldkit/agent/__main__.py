@@ -15,27 +15,65 @@ def main(argv=None):
     serve.add_argument("--baud", type=int, default=115200)
     serve.add_argument("--root", default=os.environ.get("FIELDKIT_AGENT_ROOT", "/"),
                        help="device root (default: $FIELDKIT_AGENT_ROOT or /)")
+    rec = sub.add_parser("recover", help="finish or undo interrupted model activations (at boot, before the "
+                                          "inference service; also done at every serve start)")
+    rec.add_argument("--root", default=os.environ.get("FIELDKIT_AGENT_ROOT", "/"),
+                     help="device root (default: $FIELDKIT_AGENT_ROOT or /)")
+    rec.add_argument("--restart-services", action="store_true",
+                     help="restart the service of a reverted model (not at boot: the unit runs before it)")
     sub.add_parser("version", help="print the agent version")
     sub.add_parser("bench", help="run an inference benchmark (started by the agent)", add_help=False)
+    sub.add_parser("smoke", help="run a release's smoke test (started by the agent)", add_help=False)
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
         from fieldkit.agent import benchrun
         return benchrun.main(argv[1:])
+    if argv[:1] == ["smoke"]:
+        from fieldkit.agent import smoke
+        return smoke.main(argv[1:])
     args = parser.parse_args(argv)
 
     from fieldkit.agent import AGENT_VERSION
     if args.cmd == "version":
         print(AGENT_VERSION)
         return 0
-    if args.cmd != "serve":
+    if args.cmd not in ("serve", "recover"):
         parser.print_help()
         return 2
     if not os.path.isdir(args.root):
         sys.stderr.write("fieldkit-agent: device root %s is not a directory\n" % args.root)
         return 2
+    if args.cmd == "recover":
+        return recover(args.root, args.restart_services, report=True)
+    recover(args.root, True)  # every start finishes or undoes what a killed agent left half done
     if args.stdio:
         return serve_stdio(args.root)
     return serve_serial(args.serial, args.baud, args.root)
+
+
+def recover(root, restart, report=False):
+    """Recover every model under ``root``; prints one JSON line with ``report``. Never raises."""
+    import json
+
+    from fieldkit.agent.activation import recover as recover_models
+    from fieldkit.agent.files import DeviceRoot
+    from fieldkit.agent.models import ModelStore
+    from fieldkit.agent.protocol import RemoteError
+    from fieldkit.agent.log import log
+
+    try:
+        done = recover_models(ModelStore.open(DeviceRoot(root)), restart=restart)
+    except (RemoteError, OSError) as exc:
+        log("recovery failed: %s" % getattr(exc, "message", exc))
+        if report:
+            print(json.dumps({"recovered": [], "error": str(getattr(exc, "message", exc))}))
+        return 1
+    for item in done:
+        if item["action"] not in ("skipped_locked",):
+            log("recovery: model %s %s (active: %s)" % (item["name"], item["action"], item["active"]))
+    if report:
+        print(json.dumps({"recovered": done}))
+    return 1 if any(i["action"] in ("error", "broken_current") for i in done) else 0
 
 
 def serve_stdio(root):
@@ -55,7 +93,8 @@ def serve_serial(port, baud, root):
     import time
 
     from fieldkit.agent.arq import ArqLink
-    from fieldkit.agent.server import AgentSession, log
+    from fieldkit.agent.log import log
+    from fieldkit.agent.server import AgentSession
     from fieldkit.agent.streams import open_tty
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

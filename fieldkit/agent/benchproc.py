@@ -56,14 +56,15 @@ def bench_op(fs, req):
         lock.release()
 
 
-def bench_command():
-    """How to start this very agent's ``bench`` command: ``python agent.pyz bench`` when the agent
-    runs from its zipapp, else ``python -m fieldkit.agent bench`` with the package on PYTHONPATH."""
+def bench_command(sub="bench"):
+    """How to start this very agent's ``bench`` (or ``smoke``) command: ``python agent.pyz bench``
+    when the agent runs from its zipapp, else ``python -m fieldkit.agent bench`` with the package
+    on PYTHONPATH."""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../fieldkit
     entry = os.path.dirname(package)  # the sys.path entry that holds fieldkit: a dir or the .pyz
     if os.path.isfile(entry):
-        return [sys.executable, entry, "bench"]
-    return [sys.executable, "-m", "fieldkit.agent", "bench"]
+        return [sys.executable, entry, sub]
+    return [sys.executable, "-m", "fieldkit.agent", sub]
 
 
 def bench_env():
@@ -155,15 +156,16 @@ class BenchProcess(object):
 
     STOP_GRACE_S = 5.0
 
-    def __init__(self, cmd, cwd):
+    def __init__(self, cmd, cwd, what="benchmark"):
         self.cmd = cmd
+        self.what = what
         self.stderr_tail = collections.deque(maxlen=40)
         try:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, cwd=cwd, env=bench_env(),
                                          close_fds=True, start_new_session=True)
         except OSError as exc:
-            raise RemoteError("bench_start_failed", "could not start the benchmark process (%s): %s" % (cmd[0], exc))
+            raise RemoteError("bench_start_failed", "could not start the %s process (%s): %s" % (what, cmd[0], exc))
         self.pgid = self.proc.pid  # start_new_session: the child leads its own group
         with RUNNING_LOCK:
             RUNNING.add(self.pgid)
@@ -245,8 +247,8 @@ class BenchProcess(object):
         if cancelled:
             runs = (error or {}).get("runs")
             gone = self.group_gone()
-            raise RemoteError("cancelled", "benchmark stopped on the device%s; its process (pid %d) has ended%s" % (
-                "" if runs is None else " after %d timed runs" % runs, self.proc.pid,
+            raise RemoteError("cancelled", "%s stopped on the device%s; its process (pid %d) has ended%s" % (
+                self.what, "" if runs is None else " after %d timed runs" % runs, self.proc.pid,
                 " and nothing was left running" if gone else ", but its process group is still alive"))
         if result is not None and rc == 0:
             if started is not None:
@@ -254,7 +256,7 @@ class BenchProcess(object):
                 result["started"]["settings"] = started.get("settings")
             return result
         if error is not None:
-            raise RemoteError(str(error.get("code") or "bench_failed"), str(error.get("message") or "benchmark failed"))
+            raise RemoteError(str(error.get("code") or "bench_failed"), str(error.get("message") or self.what + " failed"))
         tail = [t for t in self.stderr_tail if t.strip()]
         if rc is not None and rc < 0:
             why = "was killed by %s" % _signal_name(rc)
@@ -262,7 +264,7 @@ class BenchProcess(object):
                 why += " (often the kernel's out-of-memory killer: check free memory and dmesg)"
         else:
             why = "exited with status %s without a result" % rc
-        raise RemoteError("bench_crashed", "the benchmark process %s%s" % (why, (": " + tail[-1][:300]) if tail else ""))
+        raise RemoteError("bench_crashed", "the %s process %s%s" % (self.what, why, (": " + tail[-1][:300]) if tail else ""))
 
     def terminate(self):
         self.killed_by_us = True

@@ -14,8 +14,12 @@ back-pressure). Every other request runs in a thread of its own and can be cance
 at once with ``busy``. So ``ping`` is answered promptly even during a flood of requests.
 
 Operations live in modules of their own: :mod:`.files` (put, stat, hash, remove and the rules
-for device paths), :mod:`.models` (the model store), :mod:`.benchproc` (the benchmark process),
-:mod:`.devjournal` (the device's journal), :mod:`.probes` (health readings).
+for device paths), :mod:`.models` (the model store and its layout), :mod:`.anchors` (trusted
+release keys), :mod:`.staging` (stage and install a signed release, checked by
+:mod:`.omsverify` and :mod:`.releasefmt`), :mod:`.activation` (activate, commit, revert,
+recover), :mod:`.smoke` (the smoke test process), :mod:`.storeops` (list, verify, remove),
+:mod:`.benchproc` (the benchmark process), :mod:`.devjournal` (the device's journal),
+:mod:`.probes` (health readings).
 """
 
 import os
@@ -25,36 +29,24 @@ import threading
 import time
 import traceback
 
-from fieldkit.agent import AGENT_VERSION, PROTOCOL_VERSION, devjournal, probes
+from fieldkit.agent import AGENT_VERSION, PROTOCOL_VERSION, activation, anchors, devjournal, probes, staging, storeops
 from fieldkit.agent.benchproc import bench_op
 from fieldkit.agent.fields import (
     MAX_OP, MAX_TEXT, get_dict, get_float, get_str, is_int, shorten, valid_id,
 )
 from fieldkit.agent.files import DeviceRoot, Upload, hash_op, remove_op, stat_op
-from fieldkit.agent.models import ModelStore
+from fieldkit.agent.log import log
+from fieldkit.agent.models import DEFAULT_PATHS, ModelStore
 from fieldkit.agent.protocol import (
     FrameReader, FrameWriter, ProtocolError, RemoteError, StreamClosed, StreamOutOfStep,
 )
 
-DEFAULT_PATHS = {
-    "models": "/var/lib/fieldkit/models",
-    "staging": "/var/lib/fieldkit/staging",
-    "trust": "/etc/fieldkit/trust",
-    "journal": "/var/lib/fieldkit/journal.jsonl",
-}
 MAX_IN_FLIGHT = 16  # requests running at once per session (uploads included)
 MAX_SLEEP_S = 3600.0
 MAX_SAMPLE_S = 5.0
 MAX_EXTRA_DISKS = 32
 _UNIT = re.compile(r"^[A-Za-z0-9@_.:\\-]{1,256}$")
 
-
-def log(msg):
-    try:
-        sys.stderr.write("fieldkit-agent: %s\n" % msg)
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
 
 
 class Request(object):
@@ -110,7 +102,23 @@ class AgentSession(object):
             "journal_checkpoint": self.op_journal_checkpoint,
             "bench": lambda req: bench_op(self.fs, req),
             "bench_model": self.op_bench_model,
+            # signed releases (docs/releases.md): the model store owns the layout
+            "anchors_list": lambda req: anchors.list_op(self.fs, self.store().trust_dir, req),
+            "anchors_add": lambda req: anchors.add_op(self.fs, self.store().trust_dir, req, self.store().journal),
+            "anchors_remove": lambda req: anchors.remove_op(self.fs, self.store().trust_dir, req,
+                                                            self.store().journal),
+            "stage_open": lambda req: staging.stage_open(self.store(), req),
+            "release_install": lambda req: staging.release_install(self.store(), req, self.model_locks),
+            "model_activate": lambda req: activation.activate(self.store(), req, self.model_locks),
+            "model_smoke": self.op_model_smoke,
+            "model_commit": lambda req: activation.commit(self.store(), req, self.model_locks),
+            "model_revert": lambda req: activation.revert(self.store(), req, self.model_locks),
+            "models_list": lambda req: storeops.list_op(self.store(), req),
+            "models_verify": lambda req: storeops.verify_op(self.store(), req),
+            "model_remove": lambda req: storeops.remove_op(self.store(), req, self.model_locks),
+            "recover": lambda req: {"recovered": activation.recover(self.store(), self.model_locks)},
         }
+        self.model_locks = activation.SessionLocks()
 
     # ---- plumbing -------------------------------------------------------------------------
     def send(self, header, body=b""):
@@ -220,6 +228,16 @@ class AgentSession(object):
             deadline = time.monotonic() + 5.0
             for req in list(self.requests.values()):
                 req.done.wait(max(0.0, deadline - time.monotonic()))
+            self.end_activations()
+
+    def end_activations(self):
+        """Revert any activation this session left pending (never committed) and free its locks."""
+        if not self.model_locks.names():
+            return
+        try:
+            activation.end_session(self.store(), self.model_locks, log)
+        except Exception:  # last resort: the locks go with the process anyway
+            log("ending the session's activations failed:\n%s" % traceback.format_exc())
 
     def dispatch(self, msg):
         t = msg.type
@@ -448,6 +466,16 @@ class AgentSession(object):
         return devjournal.checkpoint_op(self._journal_path(req), req.args)
 
     # ---- model store (fieldkit.agent.models) -----------------------------------------------------
+    def store(self):
+        """The device's model store, its paths read from the device's own configuration."""
+        return ModelStore.open(self.fs)
+
+    def op_model_smoke(self, req):
+        from fieldkit.agent.smoke import smoke_op
+        store = self.store()
+        return smoke_op(store, req, lambda name, version, result: activation.record_smoke(
+            store, name, version, result, self.model_locks))
+
     def op_bench_model(self, req):
         """Find the .onnx file of an installed model: ``NAME/current`` or ``NAME/VERSION`` under
         ``models_dir`` (see :class:`~fieldkit.agent.models.ModelStore`)."""

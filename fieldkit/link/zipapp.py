@@ -1,8 +1,11 @@
 """Build the agent zipapp that is pushed to devices, content-addressed by its sha256.
 
-The archive holds only ``fieldkit/agent`` (stdlib-only) and a stub ``fieldkit/__init__.py``.
-Entries have fixed timestamps and order, so the same agent source always gives the same bytes
-and the device-side cache (``~/.cache/fieldkit/agent-<hash>.pyz``) is reused across runs.
+The archive holds ``fieldkit/agent`` (stdlib-only), a stub ``fieldkit/__init__.py`` and, at its
+root, the pure-Python ``ecdsa`` package (its modules, not its tests) with ``six.py``, which it
+imports: a device without ``cryptography`` verifies release signatures with them
+(:mod:`fieldkit.agent.omsverify`). Entries have fixed timestamps and a sorted order, so the same
+sources always give the same bytes and the device-side cache (``~/.cache/fieldkit/agent-<hash>.pyz``)
+is reused across runs.
 """
 
 from __future__ import annotations
@@ -38,6 +41,17 @@ class AgentArchive:
         return path
 
 
+def _verifier_modules() -> list[tuple[str, bytes]]:
+    """``(archive name, bytes)`` of the installed ecdsa package (no tests) and six.py, sorted."""
+    import ecdsa
+    import six
+
+    pkg = Path(ecdsa.__file__).resolve().parent
+    out = [(f"ecdsa/{p.name}", p.read_bytes()) for p in sorted(pkg.glob("*.py")) if not p.name.startswith("test_")]
+    out.append(("six.py", Path(six.__file__).read_bytes()))
+    return out
+
+
 @lru_cache(maxsize=1)
 def agent_archive() -> AgentArchive:
     src = Path(__file__).resolve().parent.parent / "agent"
@@ -53,5 +67,7 @@ def agent_archive() -> AgentArchive:
         add("fieldkit/__init__.py", b"")
         for path in sorted(src.glob("*.py")):
             add(f"fieldkit/agent/{path.name}", path.read_bytes())
+        for name, data in _verifier_modules():
+            add(name, data)
     data = buf.getvalue()
     return AgentArchive(data, hashlib.sha256(data).hexdigest())
