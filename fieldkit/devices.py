@@ -183,7 +183,7 @@ def open_session(dev: ResolvedDevice | str, home: Home, *, journal: Journal | No
             dev = resolve(dev, home, profile)
         with journal.operation(dev.name, "connect", {"target": dev.target, "profile": dev.profile.name}) as op:
             link = open_link(dev.target, name=dev.name, home=home, timeout=timeout, dead_after_s=dead_after_s,
-                             python_candidates=dev.profile.transport.python)
+                             python_candidates=dev.profile.transport.python, become=dev.profile.transport.become)
             try:
                 session = DeviceSession(dev, link, journal, home, owns_journal=owns)
             except BaseException:

@@ -144,6 +144,9 @@ class TransportDefaults(_Strict):
         min_length=1,
         description="Interpreters tried on the device to run the agent, in order (Python >= 3.9).",
     )
+    become: Literal["sudo"] | None = Field(
+        None, description='Over SSH, start the agent with `sudo -n` (never prompts): for a login user that may '
+                          'not write the device layout or restart the inference service itself.')
 
     @field_validator("python")
     @classmethod

@@ -3,6 +3,7 @@ for the TUI's `t` as for a connect."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -85,3 +86,25 @@ def test_resolve_prefers_the_inventory_and_refuses_a_bad_profile(home: Home, dev
     assert resolve("press-1", home, "x86-ipc").profile.name == "x86-ipc"
     with pytest.raises(ConfigError):
         resolve("press-1", home, "no-such-profile")
+
+
+def test_a_profile_with_become_sudo_starts_the_agent_with_sudo_n(
+        home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`become = "sudo"`: the agent is started as `sudo -n ...` (never a password prompt)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "sudo-calls"
+    (bindir / "sudo").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{calls}"\n[ "$1" = "-n" ] && shift\nexec "$@"\n')
+    (bindir / "sudo").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    generic = (Path(__file__).resolve().parent.parent / "profiles" / "generic-linux.toml").read_text()
+    home.profiles_dir.mkdir(parents=True, exist_ok=True)
+    (home.profiles_dir / "sudo-box.toml").write_text(
+        generic.replace('name = "generic-linux"', 'name = "sudo-box"')
+               .replace("[transport]\n", '[transport]\nbecome = "sudo"\n'))
+    with Simulation(home, ssh=1, serial=0, profile="sudo-box") as sim:
+        with open_session(sim.devices[0].name, home) as session:
+            assert session.profile.transport.become == "sudo"
+            assert session.call("ping").time > 0
+    lines = calls.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("-n ") and lines[0].endswith(" serve --stdio"), lines

@@ -18,11 +18,11 @@ from fieldkit.link.targets import LocalTarget, SerialTarget, SshTarget, parse_ta
 from fieldkit.locations import Home
 
 def open_link(target: str, *, name: str, home: Home, timeout: float = 15.0, dead_after_s: float = 6.0,
-              python_candidates: Sequence[str] = ()) -> DeviceLink:
+              python_candidates: Sequence[str] = (), become: str | None = None) -> DeviceLink:
     """Connect to ``target`` and hand back a started link (ConnectError / HostKeyError otherwise).
 
     ``python_candidates`` are the interpreters tried on an SSH device, in order (the profile's;
-    empty: the usual places)."""
+    empty: the usual places); ``become="sudo"`` starts it there with ``sudo -n``."""
     parsed = parse_target(target)
     if isinstance(parsed, LocalTarget):
         from fieldkit.link.local import spawn_local_agent
@@ -31,7 +31,7 @@ def open_link(target: str, *, name: str, home: Home, timeout: float = 15.0, dead
         link = DeviceLink(stream, name=name, transport="local", dead_after_s=dead_after_s)
         return _start(link, timeout, stream)
     if isinstance(parsed, SshTarget):
-        return _connect_ssh(name, parsed, home, timeout, dead_after_s, tuple(python_candidates))
+        return _connect_ssh(name, parsed, home, timeout, dead_after_s, tuple(python_candidates), become)
     if isinstance(parsed, SerialTarget):
         return _connect_serial(name, parsed, timeout, dead_after_s)
     raise ConnectError(f"{name}: unsupported target {target}")
@@ -48,7 +48,7 @@ def _start(link: DeviceLink, timeout: float, stream: Any) -> DeviceLink:
 
 
 def _connect_ssh(name: str, target: SshTarget, home: Home, timeout: float, dead_after_s: float,
-                 python_candidates: tuple[str, ...]) -> DeviceLink:
+                 python_candidates: tuple[str, ...], become: str | None) -> DeviceLink:
     from fieldkit.link.ssh import SshSession
     from fieldkit.link.sshpush import push_agent
     from fieldkit.link.zipapp import agent_archive
@@ -59,6 +59,8 @@ def _connect_ssh(name: str, target: SshTarget, home: Home, timeout: float, dead_
         pushed = push_agent(session, arch.data, arch.sha256,
                             python_candidates=python_candidates)
         command = f"{shlex.quote(pushed.python)} {shlex.quote(pushed.path)} serve --stdio"
+        if become == "sudo":  # non-interactive: a password prompt would hang the link
+            command = f"sudo -n {command}"
         stream = session.exec_stream(command)
     except BaseException:
         session.close()
