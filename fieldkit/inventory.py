@@ -11,6 +11,7 @@ File format (written by fieldkit, safe to edit by hand; comments are not kept on
     profile = "raspberry-pi-5"
     notes = "reject gate, conveyor 3"
     added = "2026-05-09T07:35:25+00:00"
+    groups = ["line3"]            # optional; absent in inventories written before groups existed
 
 Writes are atomic (temp file in the same directory, fsync, ``os.replace``) and read-modify-write
 cycles hold an exclusive lock on ``inventory.toml.lock`` so the CLI and ``fieldkit sim`` can both
@@ -37,15 +38,18 @@ __all__ = [
     "RESERVED_DEVICE_NAMES",
     "Device",
     "add_device",
+    "devices_in_group",
     "get_device",
     "load_inventory",
     "remove_device",
     "ssh_config_candidates",
     "validate_device_name",
+    "validate_group_name",
 ]
 
 FORMAT_VERSION = 1
-_FIELDS = ("name", "target", "profile", "notes", "added")
+_FIELDS = ("name", "target", "profile", "notes", "added", "groups")
+MAX_GROUPS = 32
 
 
 def _now() -> str:
@@ -66,9 +70,14 @@ class Device:
     """Free text: location, line, asset tag."""
     added: str = field(default_factory=_now)
     """When the entry was added, UTC ISO 8601."""
+    groups: tuple[str, ...] = ()
+    """Groups the device belongs to (``--group line3``): a line, a hall, a customer; selectable with
+    ``--group G`` wherever several devices are taken."""
 
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["groups"] = list(self.groups)
+        return doc
 
 
 # --------------------------------------------------------------------------------------------------
@@ -96,6 +105,33 @@ def validate_device_name(name: str) -> str:
     if name in RESERVED_DEVICE_NAMES:
         raise ConfigError(f"'{name}' is a reserved word: {RESERVED_DEVICE_NAMES[name]}; choose another name")
     return name
+
+
+def validate_group_name(name: str) -> str:
+    """A group name: like a device name (1-63 letters, digits, ".", "_", "-"), never a reserved word."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(
+            f'group name "{name}" is not valid: expected 1-63 letters, digits, ".", "_" or "-", '
+            "starting with a letter or digit",
+            hint='e.g. "line3" or "hall-b"',
+        )
+    if name in RESERVED_DEVICE_NAMES:
+        raise ConfigError(f"'{name}' is a reserved word: {RESERVED_DEVICE_NAMES[name]}; choose another group name")
+    return name
+
+
+def _clean_groups(groups: Any) -> tuple[str, ...]:
+    """Validated, de-duplicated, in the order given (one name alone is one group, not its letters)."""
+    if isinstance(groups, str):
+        groups = [groups]
+    out: list[str] = []
+    for g in groups:
+        validate_group_name(g)
+        if g not in out:
+            out.append(g)
+    if len(out) > MAX_GROUPS:
+        raise ConfigError(f"a device may be in at most {MAX_GROUPS} groups, not {len(out)}")
+    return tuple(out)
 
 
 _HOST_WORD = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?")
@@ -176,8 +212,16 @@ def _parse(path: Path, data: dict[str, Any]) -> list[Device]:
         for key in ("name", "target"):
             if key not in entry:
                 raise bad(f"{where}: {key} is missing")
-        values: dict[str, str] = {}
+        values: dict[str, Any] = {}
         for key, value in entry.items():
+            if key == "groups":
+                if not isinstance(value, list) or not all(isinstance(g, str) for g in value):
+                    raise bad(f'{where}: groups = {value!r}: expected a list of names in quotes, e.g. ["line3"]')
+                try:
+                    values[key] = _clean_groups(value)
+                except ConfigError as e:
+                    raise bad(f"{where}: groups: {e.message}") from None
+                continue
             if key == "added" and isinstance(value, (datetime, date)):
                 value = value.isoformat()
             if not isinstance(value, str):
@@ -246,6 +290,10 @@ def _render(devices: list[Device]) -> str:
         lines.append("")
         lines.append("[[devices]]")
         for key in _FIELDS:
+            if key == "groups":
+                if d.groups:  # absent when empty: the file stays readable by a fieldkit without groups
+                    lines.append("groups = [" + ", ".join(_toml_string(g) for g in d.groups) + "]")
+                continue
             lines.append(f"{key} = {_toml_string(getattr(d, key))}")
     return "\n".join(lines) + "\n"
 
@@ -284,13 +332,14 @@ def add_device(
     replace: bool = False,
     *,
     notes: str = "",
+    groups: Any = (),
 ) -> Device:
-    """Add (or with ``replace`` overwrite) a device. Validates name, target and profile first."""
+    """Add (or with ``replace`` overwrite) a device. Validates name, target, profile and groups first."""
     home = home or Home.current()
     validate_device_name(name)
     _check_target(name, target)
     get_profile(profile, home)  # unknown profile -> ConfigError listing the available ones
-    device = Device(name=name, target=target, profile=profile, notes=notes)
+    device = Device(name=name, target=target, profile=profile, notes=notes, groups=_clean_groups(groups))
     home.ensure()
     with _locked(home.inventory):
         devices = load_inventory(home)
@@ -307,6 +356,19 @@ def add_device(
             devices.append(device)
         atomic_write(home.inventory, _render(devices))
     return device
+
+
+def devices_in_group(home: Home | None, group: str) -> list[Device]:
+    """The devices of ``group``, in inventory order; ConfigError naming the known groups when none is in it."""
+    home = home or Home.current()
+    validate_group_name(group)
+    devices = load_inventory(home)
+    members = [d for d in devices if group in d.groups]
+    if not members:
+        known = sorted({g for d in devices for g in d.groups})
+        raise ConfigError(f'no device is in group "{group}"; known groups: {", ".join(known) or "none yet"}',
+                          hint="add one with `fieldkit devices add NAME TARGET --group GROUP`")
+    return members
 
 
 def remove_device(home: Home | None, name: str) -> Device:

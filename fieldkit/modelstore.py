@@ -15,12 +15,13 @@ from fieldkit.errors import ConfigError, DeviceError
 
 def list_models(session: Any) -> dict:
     """``{"device", "models": [{"name", "active", "previous", "installed", "floor", "state", "signer",
-    "installed_at", "installed_by"}]}`` (versions as strings, None when there is none)."""
+    "digest", "installed_at", "installed_by"}]}`` (versions as strings, None when there is none)."""
     from fieldkit.install import recover
 
     recover(session)
-    listed = session.call("models_list")
-    keys = ("name", "active", "previous", "installed", "floor", "state", "signer", "installed_at", "installed_by")
+    listed = session.call("models_list", {"digest": True})
+    keys = ("name", "active", "previous", "installed", "floor", "state", "signer", "digest", "installed_at",
+            "installed_by")
     return {"device": session.name,
             "models": [{k: getattr(m, k) for k in keys} for m in sorted(listed.models, key=lambda m: m.name)]}
 

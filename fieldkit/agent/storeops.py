@@ -11,7 +11,7 @@ installed.
 import os
 import shutil
 
-from fieldkit.agent.fields import get_str
+from fieldkit.agent.fields import get_bool, get_str
 from fieldkit.agent.models import check_name
 from fieldkit.agent.protocol import RemoteError
 from fieldkit.agent.releasefmt import check_model_name, version_key
@@ -32,12 +32,19 @@ def _sorted_versions(versions):
     return sorted(versions, key=lambda v: (version_key(v), v))
 
 
+def _is_sha256(text):
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
 def list_op(store, req):
+    with_digest = get_bool(req.args, "digest")  # asked for: an older laptop gets the answer it knows
     out = []
     for name in store.names():
         entry = {"name": name, "active": store.pointer(name, "current"), "previous": store.pointer(name, "previous"),
                  "installed": _sorted_versions(store.versions(name)), "floor": None, "state": None, "signer": None,
                  "installed_at": None, "installed_by": None}
+        if with_digest:
+            entry["digest"] = None
         try:
             state = store.read_state(name)
         except RemoteError as exc:  # damaged state.json: nothing is committed until it is restored
@@ -54,6 +61,9 @@ def list_op(store, req):
         if isinstance(record, dict):
             for k in ("signer", "installed_at", "installed_by"):
                 entry[k] = record.get(k) if isinstance(record.get(k), str) else None
+            digest = record.get("digest")
+            if with_digest and isinstance(digest, str) and _is_sha256(digest):  # else unknown, never a bad answer
+                entry["digest"] = digest
         out.append(entry)
     return {"models": out}
 

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Sequence
 
 from fieldkit import __version__
-from fieldkit.cli import anchors, audit, bench, demo, devices, health, init, install, models, profiles, release, trust
+from fieldkit.cli import agent, anchors, audit, bench, demo, devices, health, init, install, models, profiles, release, trust
+from fieldkit.cli import manifest, versions
 from fieldkit.errors import FieldkitError
 from fieldkit.locations import Home
 
 # In the order `fieldkit --help` lists them.
-GROUPS = (demo, health, trust, devices, profiles, release, bench, install, models, anchors, init, audit)
+GROUPS = (demo, health, trust, devices, profiles, release, bench, install, models, anchors, init, audit, agent, manifest, versions)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,4 +1,7 @@
-"""``fieldkit devices list|add|remove``: the inventory (``fieldkit devices`` alone lists)."""
+"""``fieldkit devices list|add|remove``: the inventory (``fieldkit devices`` alone lists).
+
+``devices add NAME TARGET --group line3 [--group hall-b]`` puts a device in groups; commands that
+take several devices select a group with ``--group G``."""
 
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ def register(subparsers: Any) -> None:
     a.add_argument("target")
     a.add_argument("--profile", default="generic-linux")
     a.add_argument("--replace", action="store_true")
+    a.add_argument("--group", action="append", default=[], metavar="GROUP", dest="groups",
+                   help="put the device in GROUP (repeatable), e.g. --group line3")
     a.set_defaults(handler=cmd_add)
     a = actions.add_parser("remove", help="remove a device")
     a.add_argument("name")
@@ -38,7 +43,8 @@ def cmd_list(args: argparse.Namespace, home: Home) -> int:
         emit_json({"devices": [model_dict(d) for d in devices], "ssh_config_candidates": candidates})
         return 0
     if devices:
-        print(table(["NAME", "TARGET", "PROFILE"], [[d.name, d.target, d.profile] for d in devices]))
+        print(table(["NAME", "TARGET", "PROFILE", "GROUPS"],
+                    [[d.name, d.target, d.profile, ", ".join(d.groups) or "-"] for d in devices]))
     else:
         print(f"no devices in {home.inventory.parent}; add one with `fieldkit devices add NAME TARGET`")
     if candidates:
@@ -49,8 +55,10 @@ def cmd_list(args: argparse.Namespace, home: Home) -> int:
 def cmd_add(args: argparse.Namespace, home: Home) -> int:
     from fieldkit import inventory
 
-    dev = inventory.add_device(home, args.name, args.target, profile=args.profile, replace=args.replace)
-    print(f"added {dev.name} -> {dev.target} ({dev.profile})")
+    dev = inventory.add_device(home, args.name, args.target, profile=args.profile, replace=args.replace,
+                               groups=args.groups)
+    print(f"added {dev.name} -> {dev.target} ({dev.profile})"
+          + (f", groups {', '.join(dev.groups)}" if dev.groups else ""))
     return 0
 
 

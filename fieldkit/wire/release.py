@@ -115,6 +115,8 @@ class InstalledModel(WireModel):
     floor: Count = 0
     state: State = "committed"
     signer: Fingerprint | None = None
+    digest: Sha256 | None = None
+    """The active release's digest (the signature's subject), as installed; None from older agents."""
     installed_at: Name | None = None
     installed_by: Name | None = None
 
