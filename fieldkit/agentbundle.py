@@ -81,6 +81,9 @@ def serial_unit() -> str:
 # /etc/systemd/system/{SERIAL_UNIT}; enable it per port:
 #   systemctl enable --now fieldkit-agent@ttyS0.service
 # The baud rate comes from FIELDKIT_BAUD (default 115200), e.g. in /etc/fieldkit/agent.env.
+# Over serial only an operator whose key is in /etc/fieldkit/operators may change the device: bundle it
+# (--operator-key) or add it over SSH (`fieldkit anchors add DEVICE operator.pub.pem --operator`; yours:
+# `fieldkit init --show-public-key`).
 [Unit]
 Description=fieldkit agent on serial port %I
 After=dev-%i.device
@@ -97,8 +100,9 @@ Restart=always
 RestartSec=2
 # Files the agent writes stay writable for the fieldkit group (technicians' SSH sessions).
 UMask=0002
-# The agent writes models, staging and its journal under /var/lib/fieldkit and the release keys
-# (fieldkit anchors) under /etc/fieldkit/trust; everything else of /usr, /boot and /etc is read-only.
+# The agent writes models, staging and its journal under /var/lib/fieldkit, the release keys
+# (fieldkit anchors) under /etc/fieldkit/trust and operator keys under /etc/fieldkit/operators;
+# everything else of /usr, /boot and /etc is read-only.
 ProtectSystem=full
 ReadWritePaths=-/etc/fieldkit -/var/lib/fieldkit
 NoNewPrivileges=yes

@@ -8,8 +8,9 @@ Every service that touches a device (health, bench, and next install, versions, 
         dev.record("health.check", "ok", {...})          # the operator journal, through the session
 
 Opening a session resolves an inventory name (or a target string) with its profile, opens the
-transport (:mod:`fieldkit.link`), records the connect in the operator journal, and exchanges
-checkpoints with the device's own journal (the witness). Whatever the device answers is parsed
+transport (:mod:`fieldkit.link`), records the connect in the operator journal, over a serial line
+authenticates the operator to the device (:func:`authenticate_serial`) and compares the agent's
+version with this fieldkit's, and exchanges checkpoints with the device's own journal (the witness). Whatever the device answers is parsed
 into a typed model at :meth:`DeviceSession.call`: a device can be broken or hostile, and a wrong
 type is a :class:`~fieldkit.errors.DeviceError` (exit 4) naming the operation and the field.
 
@@ -19,6 +20,8 @@ accept it — the same check a connect makes, so the TUI's ``t`` and a connect n
 
 from __future__ import annotations
 
+import hashlib
+import re
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +37,19 @@ from fieldkit.link.connect import open_link
 from fieldkit.link.targets import SshTarget, parse_target
 from fieldkit.locations import Home
 from fieldkit.profiles import DEFAULT_PROFILE, Profile, get_profile
+
+
+@dataclass(frozen=True)
+class SerialAuth:
+    """How the operator authentication of a serial session went (``DeviceSession.auth``).
+
+    ``ok`` False does not fail the connect: reading stays possible, and an operation that changes
+    the device is then refused by the device itself (``not_authenticated``, exit 4, with why)."""
+
+    ok: bool
+    fingerprint: str | None = None
+    code: str | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,10 @@ class DeviceSession:
         self.journal = journal
         self.home = home
         self.witness: WitnessReport | None = None
+        self.auth: SerialAuth | None = None
+        """Serial links: the operator authentication on connect (None: not attempted)."""
+        self.warnings: list[str] = []
+        """What the technician should know that is not an error (an outdated serial agent)."""
         self.hello = wire.parse_hello(link.agent, device=device.name)
         self._owns_journal = owns_journal
         self._lock = threading.Lock()
@@ -195,6 +215,14 @@ def open_session(dev: ResolvedDevice | str, home: Home, *, journal: Journal | No
         if owns:
             journal.close()
         raise
+    if link.transport == "serial":
+        try:
+            check_agent_version(session)
+            if session.supports("auth_challenge"):
+                session.auth = authenticate_serial(session)
+        except BaseException:
+            session.close("authentication failed")
+            raise
     if witness:
         try:
             session.witness = journal.witness(session, dev.name, timeout=timeout)
@@ -202,6 +230,61 @@ def open_session(dev: ResolvedDevice | str, home: Home, *, journal: Journal | No
             session.close("journal exchange failed")
             raise
     return session
+
+
+# ---- serial: the agent's version, the operator's authentication ----------------------------------------
+def _version_key(text: str | None) -> tuple[int, ...] | None:
+    m = re.match(r"^\s*v?(\d+)\.(\d+)(?:\.(\d+))?", text or "")
+    return tuple(int(g or 0) for g in m.groups()) if m else None
+
+
+def check_agent_version(session: DeviceSession) -> str | None:
+    """A serial agent is installed on the device, not pushed like over SSH: warn (journal + the
+    CLI's stderr) when it is older than the agent this fieldkit carries. Returns the warning."""
+    from fieldkit import notices
+    from fieldkit.agent import AGENT_VERSION
+
+    theirs, mine = session.hello.agent_version, AGENT_VERSION
+    have, want = _version_key(theirs), _version_key(mine)
+    if have is None or want is None or have >= want:
+        return None
+    text = (f"{session.name}: its serial agent is version {theirs}, older than this fieldkit's agent {mine}; "
+            f"update it on the device (`fieldkit agent bundle`, then install.sh there)")
+    session.warnings.append(text)
+    session.record("agent.outdated", "info", {"agent_version": theirs, "laptop_agent_version": mine,
+                                              "transport": session.transport})
+    notices.warn(text)
+    return text
+
+
+def authenticate_serial(session: DeviceSession, identity: Any = None, *, timeout: float = 30.0) -> SerialAuth:
+    """Sign the agent's challenge with the operator's key (``fieldkit init``) so the device lets
+    this serial session change it. What is signed is the canonical JSON of
+    ``{"purpose": "fieldkit-operator-auth/1", "nonce", "session", "pid", "hostname", "root",
+    "operator": <this key's fingerprint>}`` (fieldkit/agent/operators.py).
+
+    A refusal (no operator key on the device, not this one, ...) is returned, not raised, and
+    journaled as ``auth.serial`` refused; LinkLost still raises."""
+    from fieldkit.agent.operators import signed_document
+    from fieldkit.journal.identity import load_identity
+    from fieldkit.signing import canonical
+
+    ident = identity or session.journal.identity or load_identity(session.home)
+    try:
+        challenge = session.call("auth_challenge", timeout=timeout)
+        doc = signed_document(challenge.model_dump(), ident.fingerprint)
+        sig = ident.sign(hashlib.sha256(canonical(doc)).digest())
+        res = session.call("auth_response", {"nonce": challenge.nonce, "signature": sig,
+                                             "public_key": ident.public_key_pem}, timeout=timeout)
+    except DeviceError as exc:
+        reason = re.sub(r"^.*?: auth_[a-z]+ failed: ", "", exc.message, count=1)
+        result = SerialAuth(False, ident.fingerprint, exc.code, reason)
+        session.record("auth.serial", "refused", {"fingerprint": ident.fingerprint, "code": exc.code,
+                                                  "reason": reason})
+        return result
+    session.record("auth.serial", "ok", {"fingerprint": res.fingerprint, "file": res.file,
+                                         "session": res.session})
+    return SerialAuth(True, res.fingerprint)
 
 
 # ---- host keys ---------------------------------------------------------------------------------------

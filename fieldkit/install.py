@@ -108,6 +108,7 @@ REFUSALS = frozenset({
     "no_anchors", "not_signed", "bad_signature", "untrusted_key", "tampered", "extra_file", "missing_file",
     "symlink", "bad_path", "bad_release", "below_floor", "downgrade", "no_onnxruntime", "no_smoke_set",
     "active_version", "not_installed", "version_not_installed",
+    "not_authenticated",  # over serial: the session may not change the device (docs/releases.md)
 })
 
 

@@ -1,5 +1,6 @@
-"""What is installed on a device and which release keys it trusts, seen from the laptop
-(`fieldkit models`, `fieldkit models verify|remove`, `fieldkit anchors list|add|remove`).
+"""What is installed on a device, which release keys it trusts and which operator keys may change it
+over serial, seen from the laptop (`fieldkit models`, `fieldkit models verify|remove`,
+`fieldkit anchors list|add|remove [--operator]`).
 
 Each call takes an open :class:`~fieldkit.devices.DeviceSession`; changes are journaled on the
 laptop here and on the device by the agent.
@@ -49,10 +50,15 @@ def remove_model(session: Any, name: str, version: str) -> dict:
 
 
 def list_anchors(session: Any) -> dict:
-    """``{"device", "release_keys": [{"fingerprint", "hint", "file"}]}``."""
+    """``{"device", "release_keys": [{"fingerprint", "hint", "file"}], "operator_keys": [...]}`` (operator
+    keys: allowed to change the device over serial; empty from an agent that does not know them)."""
     res = session.call("anchors_list")
-    return {"device": session.name, "dir": res.dir,
-            "release_keys": [{"fingerprint": a.fingerprint, "hint": a.hint, "file": a.file} for a in res.keys]}
+
+    def entries(keys: Any) -> list[dict]:
+        return [{"fingerprint": a.fingerprint, "hint": a.hint, "file": a.file} for a in keys]
+
+    return {"device": session.name, "dir": res.dir, "release_keys": entries(res.keys),
+            "operators_dir": res.operators_dir, "operator_keys": entries(res.operator_keys)}
 
 
 def read_public_key(path: Path) -> tuple[str, str]:
@@ -69,20 +75,42 @@ def read_public_key(path: Path) -> tuple[str, str]:
         key = load_public_key(raw)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{path} is not an ECDSA P-256 public key ({exc})",
-                          hint="give the .pub.pem that `fieldkit release keygen` wrote, not the private key") from None
+                          hint="give a public key: the .pub.pem that `fieldkit release keygen` wrote, or for an "
+                               "operator `fieldkit init --show-public-key > operator.pub.pem`") from None
     return raw.decode("ascii", "replace"), key_fingerprint(key)
 
 
-def add_anchor(session: Any, pem: str, fingerprint: str) -> dict:
-    with session.operation("anchors.add", {"fingerprint": fingerprint}) as op:
-        res = session.call("anchors_add", {"pem": pem})
+def _kind_args(kind: str) -> dict:
+    if kind not in ("release", "operator"):
+        raise ValueError(f"key kind {kind!r}: release or operator")
+    return {"kind": "operator"} if kind == "operator" else {}  # an older agent knows release keys only
+
+
+def _refuse_old_agent(session: Any, kind: str) -> None:
+    if kind == "operator" and not session.supports("auth_challenge"):
+        raise DeviceError(f"the agent on {session.name} (version {session.hello.agent_version}) does not know "
+                          f"operator keys", code="unsupported",
+                          hint="update the agent on the device (fieldkit agent bundle, install.sh)")
+
+
+def add_anchor(session: Any, pem: str, fingerprint: str, kind: str = "release") -> dict:
+    """Trust a release key (``kind="release"``) or allow an operator key to change the device over
+    serial (``kind="operator"``, ``etc/fieldkit/operators``)."""
+    args = _kind_args(kind)
+    _refuse_old_agent(session, kind)
+    action = "operators.add" if kind == "operator" else "anchors.add"
+    with session.operation(action, {"fingerprint": fingerprint, "kind": kind}) as op:
+        res = session.call("anchors_add", {"pem": pem, **args})
         op.details.update(file=res.file, added=res.added)
-    return {"device": session.name, "fingerprint": res.fingerprint, "hint": res.hint, "file": res.file,
-            "added": res.added}
+    return {"device": session.name, "kind": kind, "fingerprint": res.fingerprint, "hint": res.hint,
+            "file": res.file, "added": res.added}
 
 
-def remove_anchor(session: Any, fingerprint: str) -> dict:
-    with session.operation("anchors.remove", {"fingerprint": fingerprint}) as op:
-        res = session.call("anchors_remove", {"fingerprint": fingerprint})
+def remove_anchor(session: Any, fingerprint: str, kind: str = "release") -> dict:
+    args = _kind_args(kind)
+    _refuse_old_agent(session, kind)
+    action = "operators.remove" if kind == "operator" else "anchors.remove"
+    with session.operation(action, {"fingerprint": fingerprint, "kind": kind}) as op:
+        res = session.call("anchors_remove", {"fingerprint": fingerprint, **args})
         op.details.update(removed=res.removed)
-    return {"device": session.name, "fingerprint": fingerprint, "removed": res.removed}
+    return {"device": session.name, "kind": kind, "fingerprint": fingerprint, "removed": res.removed}

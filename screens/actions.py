@@ -48,6 +48,7 @@ DEVICE = [
     Action("device.faster", "plus", "faster", "Faster", "Poll more often", key_display="+"),
     Action("device.slower", "minus", "slower", "Slower", "Poll less often", key_display="-"),
     Action("device.bench", "b", "bench", "Bench", "Benchmark a model on this device"),
+    Action("device.models", "m", "models", "Models", "Installed models: install a release, roll back, verify"),
 ]
 
 BENCH = [
@@ -55,6 +56,21 @@ BENCH = [
     Action("bench.cancel", "escape", "cancel_or_back", "Cancel/Back",
            "Cancel the running benchmark (the device process is stopped), or go back"),
     Action("bench.compare", "c", "compare", "Compare", "Compare the two picked saved runs side by side"),
+]
+
+MODELS = [
+    Action("models.back", "escape", "cancel_or_back", "Cancel/Back",
+           "Cancel the running install (before activation; the copy resumes next time), or go back"),
+    Action("models.install", "i", "install", "Install", "Pick a signed release directory and install it here"),
+    Action("models.rollback", "R", "rollback", "Roll back",
+           "Make the selected model's previous version active again (asks first, smoke-tested)"),
+    Action("models.verify", "v", "verify", "Verify", "Re-hash every installed model file on the device"),
+    Action("models.refresh", "r", "refresh", "Refresh", "Read the installed models again"),
+]
+
+RELEASE_PICKER = [
+    Action("picker.cancel", "escape", "cancel", "Cancel", "Close without installing"),
+    Action("picker.install", "ctrl+s", "choose", "Install", "Install the release in the chosen directory"),
 ]
 
 AUDIT = [

@@ -249,6 +249,11 @@ class DeviceScreen(Screen):
 
         self.app.push_screen(BenchScreen(self.home, self.device))
 
+    def action_models(self) -> None:
+        from screens.models import ModelsScreen
+
+        self.app.push_screen(ModelsScreen(self.home, self.device, borrow=lambda: self.session))
+
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused
         if self.paused:

@@ -14,11 +14,16 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from screens.actions import FLEET, bindings
+from screens.models import ModelsListed, active_summary
 from screens.styles import STATUS_STYLE
 
 COLUMNS = [("device", "Device"), ("transport", "Link"), ("profile", "Profile"), ("status", "Health"),
-           ("cpu", "CPU"), ("mem", "Mem"), ("temp", "Temp"), ("agent", "Agent"), ("seen", "Last seen"),
-           ("note", "Note")]
+           ("model", "Model"), ("cpu", "CPU"), ("mem", "Mem"), ("temp", "Temp"), ("agent", "Agent"),
+           ("seen", "Last seen"), ("note", "Note")]
+MODELS_EVERY = 6
+"""The model column costs a second connection per device (health does not list models), so it is
+read every MODELS_EVERY-th refresh (60 s at the default 10 s), only for devices that answered the
+health check and only while the fleet is on screen; the Models screen updates it on every change."""
 
 @dataclass
 class Row:
@@ -52,7 +57,7 @@ class FleetScreen(Screen):
     TITLE = "Fleet"
     AUTO_FOCUS = "#devices"
 
-    def __init__(self, home: Any, refresh_s: float = 10.0) -> None:
+    def __init__(self, home: Any, refresh_s: float = 10.0, models_every: int = MODELS_EVERY) -> None:
         super().__init__(id="fleet")
         self.home = home
         self.refresh_s = refresh_s
@@ -62,6 +67,8 @@ class FleetScreen(Screen):
         self._timer: Any = None
         self.refreshing = False
         self.again = False
+        self.models_every = max(1, models_every)
+        self.rounds = 0  # refreshes so far: every models_every-th one also lists models
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=True)
@@ -129,21 +136,62 @@ class FleetScreen(Screen):
             return
         self.refreshing = True
         self.again = False
-        self.refresh_all(list(self.rows))
+        with_models = self.rounds % self.models_every == 0
+        self.rounds += 1
+        self.refresh_all(list(self.rows), with_models)
 
     @work(thread=True, exclusive=True, group="fleet-refresh")
-    def refresh_all(self, names: list[str]) -> None:
+    def refresh_all(self, names: list[str], with_models: bool = False) -> None:
         from fieldkit.health import check_device
 
+        answered = []
         if names:
             with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
                 futures = [pool.submit(check_device, n, self.home, timeout=10.0) for n in names]
                 for fut in as_completed(futures):
                     try:
-                        self.post_message(DeviceChecked(fut.result()))
+                        report = fut.result()
+                        self.post_message(DeviceChecked(report))
+                        if report.status != "unreachable" and report.error is None:
+                            answered.append(report.device)
                     except Exception as exc:  # a core bug must not kill the refresh loop
                         self.app.call_from_thread(self.notify, f"health check failed: {exc}", severity="error")
+        if with_models and answered:
+            # after the health checks, never beside them: a serial port takes one session at a time
+            with ThreadPoolExecutor(max_workers=min(4, len(answered))) as pool:
+                for _ in pool.map(self.list_models_of, answered):
+                    pass
         self.post_message(RefreshDone())
+
+    def list_models_of(self, name: str) -> None:
+        """In the refresh worker's pool: one more connection to read what is installed."""
+        from fieldkit.devices import open_session
+        from fieldkit.errors import FieldkitError
+        from fieldkit.modelstore import list_models
+
+        if not self.is_current:
+            return  # a device or models screen is open: it owns the link now
+        try:
+            with open_session(name, self.home, timeout=10.0) as session:
+                self.post_message(ModelsListed(name, list_models(session)["models"]))
+        except FieldkitError as exc:
+            self.post_message(ModelsListed(name, None, exc))
+        except Exception as exc:  # a core bug must not kill the refresh loop
+            self.post_message(ModelsListed(name, None, exc))
+
+    @on(ModelsListed)
+    def _models_listed(self, message: ModelsListed) -> None:
+        row = self.rows.get(message.device)
+        if row is None:
+            return
+        if message.models is None:
+            old = row.cells.get("model", "")
+            row.cells["model"] = f"[dim]{old}[/]" if old and not old.startswith("[dim]") else old
+        else:
+            row.cells["model"] = active_summary(message.models)
+        table = self.query_one("#devices", DataTable)
+        if message.device in table.rows:
+            table.update_cell(message.device, "model", row.cells["model"], update_width=True)
 
     @on(RefreshDone)
     def _refresh_done(self) -> None:

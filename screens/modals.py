@@ -1,15 +1,19 @@
-"""Modal dialogs: host-key trust, changed host key, confirmation, add device, help."""
+"""Modal dialogs: host-key trust, changed host key, confirmation, add device, help, release picker."""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterable
 
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, DataTable, Input, Label, Select, Static
+from textual.suggester import Suggester
+from textual.widgets import Button, DataTable, DirectoryTree, Input, Label, Select, Static
+
+from screens.actions import RELEASE_PICKER, bindings
 
 
 class TrustModal(ModalScreen[bool]):
@@ -196,5 +200,121 @@ class IdentityModal(ModalScreen[Any]):
         self.dismiss(result)
 
     @on(Button.Pressed, "#later")
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class DirectorySuggester(Suggester):
+    """Completes the last part of a typed path with a directory that exists (→ or End accepts)."""
+
+    def __init__(self) -> None:
+        super().__init__(use_cache=False, case_sensitive=True)
+
+    async def get_suggestion(self, value: str) -> str | None:
+        if not value:
+            return None
+        path = Path(value).expanduser()
+        parent, stem = (path, "") if value.endswith("/") else (path.parent, path.name)
+        if not stem and (parent / "release.json").is_file():
+            return None  # a release directory: done, its smoke/ is not what anyone is looking for
+        try:
+            names = sorted(p.name for p in parent.iterdir() if p.is_dir() and p.name.startswith(stem)
+                           and (stem.startswith(".") or not p.name.startswith(".")))
+        except OSError:
+            return None
+        if not names or (names[0] == stem and len(names) == 1):
+            return None
+        return value + names[0][len(stem):] + "/"
+
+
+class ReleaseTree(DirectoryTree):
+    """Directories only: a release is a directory."""
+
+    def filter_paths(self, paths: Iterable[Path]) -> Iterable[Path]:
+        return [p for p in paths if not p.name.startswith(".") and p.is_dir()]
+
+
+class ReleasePickerModal(ModalScreen[Any]):
+    """Pick a release directory: type a path (completed as you type) or walk the tree (Tab to it,
+    Enter on a directory picks it). Shows what the release says it is before anything connects."""
+
+    BINDINGS = bindings(RELEASE_PICKER)
+    AUTO_FOCUS = "#release-path"
+
+    def __init__(self, device: str, start: Path) -> None:
+        super().__init__(classes="dialog-screen")
+        self.device = device
+        self.start = start if start.is_dir() else Path.cwd()
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog", classes="picker"):
+            yield Label(f"Install a release on {self.device}", classes="title")
+            yield Input(value=f"{self.start}/".replace("//", "/"), id="release-path",
+                        placeholder="release directory (→ completes, Enter picks)", suggester=DirectorySuggester())
+            yield ReleaseTree(self.start, id="release-tree")
+            yield Static("", id="release-preview")
+            yield Static("", id="error", classes="error")
+            with Horizontal(classes="buttons"):
+                yield Button("Install (Ctrl+S)", id="install", variant="warning")
+                yield Button("Cancel (Esc)", id="cancel")
+
+    def on_mount(self) -> None:
+        self.preview(self.query_one("#release-path", Input).value)
+
+    def describe(self, value: str) -> tuple[Path | None, str]:
+        """(the release directory, a line saying what it is) — or (None, why not)."""
+        from fieldkit.errors import FieldkitError
+        from fieldkit.release import load_manifest
+
+        path = Path(value.strip()).expanduser()
+        if not value.strip() or not path.is_dir():
+            return None, f"{path} is not a directory" if value.strip() else "type or pick a directory"
+        if not (path / "release.json").is_file():
+            return None, f"not a release: no release.json in {path}"
+        try:
+            m = load_manifest(path)
+        except FieldkitError as exc:
+            return None, f"not a usable release: {str(exc).splitlines()[0]}"
+        size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        from fieldkit.textfmt import human_bytes
+
+        signed = "signed" if any(path.glob("*.sig")) else "[red]no signature file[/]"
+        return path, (f"[b]{m.name} {m.version}[/] · security version {m.security_version} · {m.model} · "
+                      f"{human_bytes(size)} · {signed} (the signer is checked against {self.device}'s keys)")
+
+    def preview(self, value: str) -> None:
+        path, text = self.describe(value)
+        self.query_one("#release-preview", Static).update(text if path else f"[dim]{text}[/]")
+        self.query_one("#error", Static).update("")
+
+    @on(Input.Changed, "#release-path")
+    def _changed(self, event: Input.Changed) -> None:
+        self.preview(event.value)
+
+    @on(Input.Submitted, "#release-path")
+    def _submitted(self, event: Input.Submitted) -> None:
+        path = Path(event.value.strip()).expanduser()
+        if path.is_dir() and not (path / "release.json").is_file():
+            self.query_one("#release-tree", ReleaseTree).path = path  # browse it below
+            self.query_one("#release-tree", ReleaseTree).focus()
+            return
+        self.action_choose()
+
+    @on(DirectoryTree.DirectorySelected, "#release-tree")
+    def _tree_picked(self, event: DirectoryTree.DirectorySelected) -> None:
+        box = self.query_one("#release-path", Input)
+        box.value = f"{event.path}"
+        if (event.path / "release.json").is_file():
+            self.query_one("#install", Button).focus()
+
+    @on(Button.Pressed, "#install")
+    def action_choose(self) -> None:
+        path, text = self.describe(self.query_one("#release-path", Input).value)
+        if path is None:
+            self.query_one("#error", Static).update(text)
+            return
+        self.dismiss(path)
+
+    @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:
         self.dismiss(None)

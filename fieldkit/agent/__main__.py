@@ -111,7 +111,7 @@ def serve_serial(port, baud, root):
                 session = link.accept()
                 log("session started on %s" % port)
                 try:
-                    AgentSession(session, root, idle_timeout_s=15.0).serve()
+                    AgentSession(session, root, idle_timeout_s=15.0, transport="serial").serve()
                 except Exception:  # last resort: one session's bug must not end the service
                     import traceback
                     log("session on %s failed:\n%s" % (port, traceback.format_exc()))

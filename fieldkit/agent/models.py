@@ -1,7 +1,7 @@
 """The device's model store: the one owner of its layout (stdlib only, Python 3.9 syntax).
 
 Layout (docs/releases.md "Device layout"; every path is the device's decision: the defaults below,
-or ``etc/fieldkit/agent.json`` on the device: ``{"trust", "models", "staging", "journal"}`` as
+or ``etc/fieldkit/agent.json`` on the device: ``{"trust", "operators", "models", "staging", "journal"}`` as
 device paths; a request never names them)::
 
     models/NAME/VERSION/        an installed, verified release: its files and model.sig
@@ -37,6 +37,7 @@ DEFAULT_PATHS = {
     "models": "/var/lib/fieldkit/models",
     "staging": "/var/lib/fieldkit/staging",
     "trust": "/etc/fieldkit/trust",
+    "operators": "/etc/fieldkit/operators",
     "journal": "/var/lib/fieldkit/journal.jsonl",
 }
 
@@ -97,6 +98,11 @@ class ModelStore(object):
     @property
     def trust_dir(self):
         return self.fs.resolve(self.paths["trust"])
+
+    @property
+    def operators_dir(self):
+        """Operator keys allowed to change the device over serial (:mod:`.operators`)."""
+        return self.fs.resolve(self.paths["operators"])
 
     @property
     def staging_dir(self):

@@ -29,7 +29,9 @@ import threading
 import time
 import traceback
 
-from fieldkit.agent import AGENT_VERSION, PROTOCOL_VERSION, activation, anchors, devjournal, probes, staging, storeops
+from fieldkit.agent import (
+    AGENT_VERSION, PROTOCOL_VERSION, activation, anchors, devjournal, operators, probes, staging, storeops,
+)
 from fieldkit.agent.benchproc import bench_op
 from fieldkit.agent.fields import (
     MAX_OP, MAX_TEXT, get_dict, get_float, get_str, is_int, shorten, valid_id,
@@ -73,10 +75,17 @@ class Request(object):
 
 
 class AgentSession(object):
-    def __init__(self, stream, root="/", heartbeat_s=1.0, idle_timeout_s=20.0, max_in_flight=MAX_IN_FLIGHT):
+    """One laptop connection. ``transport`` is how it came: ``"stdio"`` (SSH, local: the operator is
+    already authenticated) or ``"serial"`` (``serve --serial``: changing operations need the session
+    authenticated first, :mod:`.operators`)."""
+
+    def __init__(self, stream, root="/", heartbeat_s=1.0, idle_timeout_s=20.0, max_in_flight=MAX_IN_FLIGHT,
+                 transport="stdio"):
         self.stream = stream
         self.fs = DeviceRoot(root)
         self.root = self.fs.root
+        self.transport = transport
+        self.auth = operators.SessionAuth(transport, self.fs)
         self.reader = FrameReader(stream)
         self.writer = FrameWriter(stream)
         self.heartbeat_s = heartbeat_s
@@ -103,10 +112,12 @@ class AgentSession(object):
             "bench": lambda req: bench_op(self.fs, req),
             "bench_model": self.op_bench_model,
             # signed releases (docs/releases.md): the model store owns the layout
-            "anchors_list": lambda req: anchors.list_op(self.fs, self.store().trust_dir, req),
-            "anchors_add": lambda req: anchors.add_op(self.fs, self.store().trust_dir, req, self.store().journal),
-            "anchors_remove": lambda req: anchors.remove_op(self.fs, self.store().trust_dir, req,
-                                                            self.store().journal),
+            "anchors_list": lambda req: anchors.store_list_op(self.store(), req),
+            "anchors_add": lambda req: anchors.store_add_op(self.store(), req),
+            "anchors_remove": lambda req: anchors.store_remove_op(self.store(), req),
+            # operator authentication (serial): operators.py
+            "auth_challenge": lambda req: self.auth.challenge(self.store()),
+            "auth_response": lambda req: self.auth.response(self.store(), req),
             "stage_open": lambda req: staging.stage_open(self.store(), req),
             "release_install": lambda req: staging.release_install(self.store(), req, self.model_locks),
             "model_activate": lambda req: activation.activate(self.store(), req, self.model_locks),
@@ -144,6 +155,8 @@ class AgentSession(object):
             "ops": sorted(list(self.ops) + list(self.inline) + ["put"]),
             "root": self.root,
             "pid": os.getpid(),
+            "transport": self.transport,
+            "auth_required": self.auth.required,
             "max_frame": self.reader.max_frame,
             "max_in_flight": self.max_in_flight,
         }
@@ -292,6 +305,17 @@ class AgentSession(object):
             args = {}
         if not isinstance(args, dict):
             self.reply_error(rid, "bad_args", "args of %s must be an object, got %s" % (op, type(args).__name__))
+            return
+        try:
+            self.auth.check(self.store, op, args)  # over serial: may this session change the device?
+        except RemoteError as exc:
+            if exc.code == "not_authenticated":
+                self.note("refused %s: the serial session is not authenticated" % shorten(op, 80))
+            self.reply_error(rid, exc.code, exc.message)
+            return
+        except OSError as exc:
+            self.reply_error(rid, "io_error", "%s: cannot check the session's authentication: %s"
+                             % (shorten(op, 80), exc.strerror or exc))
             return
         req = Request(self, rid, op, args, body)
         inline = self.inline.get(op)

@@ -17,12 +17,12 @@ from typing import Sequence
 
 from fieldkit import __version__
 from fieldkit.cli import agent, anchors, audit, bench, demo, devices, health, init, install, models, profiles, release, trust
-from fieldkit.cli import manifest, versions
+from fieldkit.cli import checklist, manifest, report, versions
 from fieldkit.errors import FieldkitError
 from fieldkit.locations import Home
 
 # In the order `fieldkit --help` lists them.
-GROUPS = (demo, health, trust, devices, profiles, release, bench, install, models, anchors, init, audit, agent, manifest, versions)
+GROUPS = (demo, health, trust, devices, profiles, release, bench, install, models, anchors, init, audit, agent, manifest, versions, checklist, report)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.cmd is None:
             return demo.run_tui(home)
+        from fieldkit import notices
+
+        notices.set_handler(lambda msg: print(f"fieldkit: warning: {msg}", file=sys.stderr, flush=True))
         return int(args.handler(args, home) or 0)
     except FieldkitError as exc:
         print(f"fieldkit: {exc}", file=sys.stderr)

@@ -1,5 +1,10 @@
 """``fieldkit install DEVICE DIR`` and ``fieldkit rollback DEVICE NAME``: a signed release on, or an
-earlier version back on, a device — verified, activated atomically, smoke-tested, committed or reverted."""
+earlier version back on, a device — verified, activated atomically, smoke-tested, committed or reverted.
+
+``fieldkit install --all | --group G | DEV1 DEV2 ... DIR [--canary K] [--parallel P]``: a staged
+rollout (fieldkit.rollout): the release verified on the laptop once, one confirmation, K canary
+devices first, then the rest P at once; the first failure stops new installs. Exit 0 when every
+device committed, 1 otherwise (130 when stopped with Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -15,10 +20,24 @@ from fieldkit.textfmt import human_bytes, table
 
 
 def register(subparsers: Any) -> None:
-    s = subparsers.add_parser("install", help="install a signed model release on a device (verify, copy, "
-                              "activate, smoke-test, commit or revert)")
-    s.add_argument("device", help="inventory name or target")
-    s.add_argument("release", type=Path, metavar="DIR", help="the release directory (release.json, model, model.sig)")
+    s = subparsers.add_parser("install", help="install a signed model release on a device, or roll it out to "
+                              "several (verify, copy, activate, smoke-test, commit or revert)",
+                              usage="%(prog)s [DEVICE ...] DIR [--all | --group G] [--canary K] [--parallel P] "
+                              "[options]")
+    s.add_argument("targets", nargs="+", metavar="DEVICE ... DIR",
+                   help="inventory names or targets, then the release directory (release.json, model, model.sig); "
+                   "one device installs there, several (or --all / --group) make a staged rollout")
+    s.add_argument("--all", action="store_true", help="roll out to every device in the inventory")
+    s.add_argument("--group", action="append", default=[], metavar="G", dest="groups",
+                   help="roll out to the devices of an inventory group (repeatable)")
+    s.add_argument("--canary", type=int, default=None, metavar="K",
+                   help="rollout: install on the first K devices first; all must commit before the rest (default 1)")
+    s.add_argument("--parallel", type=int, default=None, metavar="P",
+                   help="rollout: installs at once after the canaries (default 4)")
+    s.add_argument("--key", type=Path, action="append", default=[], metavar="PUB.pem",
+                   help="rollout: also check the release's signature on the laptop against this release key "
+                   "(repeatable; each device checks it against its own release keys in any case)")
+    s.add_argument("--timeout", type=float, default=15.0, help="rollout: connect timeout per device in seconds")
     s.add_argument("--downgrade", action="store_true", help="allow a lower version than the active one "
                    "(never below the device's security floor)")
     s.add_argument("--no-smoke", action="store_true", help="activate without the smoke test (journaled as such)")
@@ -96,6 +115,11 @@ def _report(args: argparse.Namespace, result: Any) -> int:
 def cmd_install(args: argparse.Namespace, home: Home) -> int:
     from fieldkit.install import install_release
 
+    *devices, release = args.targets
+    args.release = Path(release)
+    if len(devices) != 1 or args.all or args.groups or args.canary is not None or args.parallel is not None:
+        return cmd_rollout(args, home, devices)
+    args.device = devices[0]
     if not args.release.is_dir():
         from fieldkit.errors import ConfigError
         raise ConfigError(f"release {args.release}: no such directory")
@@ -112,3 +136,111 @@ def cmd_rollback(args: argparse.Namespace, home: Home) -> int:
         result = rollback_model(session, args.name, to=args.to, no_smoke=args.no_smoke,
                                 confirm=_ask(args, "roll back to"), progress=TransferProgress(quiet=args.json))
     return _report(args, result)
+
+
+# ---- a staged rollout ------------------------------------------------------------------------------
+class RolloutProgress:
+    """One line per device event and stage on stderr (several devices interleave: no bytes counter)."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+
+    def __call__(self, ev: dict) -> None:
+        if self.quiet:
+            return
+        kind = ev.get("event")
+        if kind == "device_start":
+            line = f"{ev['device']}: installing" + (" (canary)" if ev.get("canary") else "")
+        elif kind == "stage" and ev.get("message") and not ev.get("bytes_total"):
+            line = f"{ev['device']}: {ev.get('stage', '')}: {ev['message']}"
+        elif kind == "device_done":
+            line = f"{ev['device']}: {ev['result']} ({ev.get('before') or 'none'} -> {ev.get('after') or 'none'})"
+        elif kind == "stopping":
+            line = f"rollout stopped, no new install starts: {ev['reason']}"
+        else:
+            return
+        print(line, file=sys.stderr, flush=True)
+
+
+def _describe_plan(plan: Any) -> str:
+    rel = plan.release
+    lines = [f"roll out {rel['name']} {rel['version']} (security version {rel['security_version']}, "
+             f"sha256:{rel['digest'][:16]}…"
+             + (f", signed by {rel['signer']}" if rel.get("signer") else ", signer checked by each device") + ")"
+             + f" to {len(plan.devices)} device(s): {plan.canary} canary first, then {plan.parallel} at once"]
+    rows = [[d.name, "canary" if i < plan.canary else "then", d.target] for i, d in enumerate(plan.devices)]
+    lines.append(table(["DEVICE", "WAVE", "TARGET"], rows, indent="  "))
+    return "\n".join(lines)
+
+
+def _drive(plan: Any, args: argparse.Namespace) -> Any:
+    """Run the rollout in a worker thread so that Ctrl-C reaches us: once stops new installs (the
+    running ones finish), twice cancels the running ones too (each device reverts what it did not commit)."""
+    import threading
+
+    from fieldkit.rollout import run_rollout
+
+    cancel, abort, finished = threading.Event(), threading.Event(), threading.Event()
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["result"] = run_rollout(plan, progress=RolloutProgress(quiet=args.json), cancel=cancel, abort=abort)
+        except BaseException as exc:  # re-raised on the main thread
+            box["error"] = exc
+        finally:
+            finished.set()
+
+    worker = threading.Thread(target=work, name="fieldkit-rollout", daemon=True)
+    worker.start()
+    while not finished.is_set():  # not Thread.join: one interrupted by Ctrl-C may report a live thread dead
+        try:
+            finished.wait(0.2)
+        except KeyboardInterrupt:
+            if not cancel.is_set():
+                cancel.set()
+                print("\nstopping: no new install starts; the running ones finish (Ctrl-C again to cancel them)",
+                      file=sys.stderr, flush=True)
+            else:
+                abort.set()
+                print("\ncancelling the running installs: each device reverts what it did not commit",
+                      file=sys.stderr, flush=True)
+    worker.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def cmd_rollout(args: argparse.Namespace, home: Home, devices: list[str]) -> int:
+    from fieldkit.cli.versions import select_devices
+    from fieldkit.rollout import decline_rollout, plan_rollout, run_rollout
+
+    specs = select_devices(home, devices, args.all, args.groups)
+    plan = plan_rollout(home, specs, args.release, canary=1 if args.canary is None else args.canary,
+                        parallel=4 if args.parallel is None else args.parallel, keys=args.key,
+                        downgrade=args.downgrade, no_smoke=args.no_smoke, timeout=args.timeout)
+    if plan.refusal is not None:  # nothing is touched; the summary says so
+        result = run_rollout(plan)
+    else:
+        print(_describe_plan(plan), file=sys.stderr)
+        rel = plan.release
+        if confirm(f"Roll out {rel['name']} {rel['version']} to these {len(plan.devices)} device(s)?", yes=args.yes):
+            result = _drive(plan, args)
+        else:
+            result = decline_rollout(plan)
+    if args.json:
+        emit_json(result.to_json())
+    else:
+        rows = [[d.device + (" (canary)" if d.canary else ""), d.before or "-", d.after or "-", d.result]
+                for d in result.devices]
+        print(table(["DEVICE", "BEFORE", "AFTER", "RESULT"], rows))
+        counts = ", ".join(f"{n} {r}" for r, n in sorted(result.counts().items()))
+        rel = result.release
+        print(f"rollout of {rel['name'] or args.release} {rel['version'] or ''}: {counts}".replace("  ", " ")
+              + (f"; stopped: {result.stopped}" if result.stopped and not result.ok else ""))
+    if result.refusal is not None:
+        print(f"fieldkit: {result.refusal}", file=sys.stderr)
+    for d in result.devices:
+        if d.result not in ("committed", "skipped") and d.message:
+            print(f"fieldkit: {d.device}: {d.message}", file=sys.stderr)
+    return result.exit_code

@@ -4,7 +4,10 @@
   exec channel runs commands in a device root under a temp dir; fieldkit pushes and starts
   the agent there exactly as on a real device.
 * Serial devices are two pty pairs joined by a relay, with ``fieldkit-agent serve --serial``
-  on one end and the laptop's ``serial:///dev/pts/N`` on the other.
+  on one end and the laptop's ``serial:///dev/pts/N`` on the other. Their image has the
+  operator's public key (``fieldkit init``) in ``etc/fieldkit/operators``, as a real device's image
+  would (``fieldkit agent bundle --operator-key``), so the operator may change them over serial;
+  ``operator_key=False`` makes devices without one (they refuse every change over serial).
 
 They are registered in the current FIELDKIT_HOME (inventory and known_hosts) while running and
 removed again on stop. The health they report is this machine's real health.
@@ -46,12 +49,32 @@ def make_device_root(path: Path) -> Path:
     return path
 
 
+def provision_operator_key(home: Home, root: Path) -> Path | None:
+    """Put the operator's public key (``fieldkit init``) into ``root/etc/fieldkit/operators``, named
+    as the agent names it; None when there is no operator identity yet."""
+    from fieldkit.agent.anchors import file_name
+    from fieldkit.agent.omsverify import load_public_pem
+    from fieldkit.errors import FieldkitError
+    from fieldkit.journal.identity import load_identity
+
+    try:
+        ident = load_identity(home)
+    except FieldkitError:
+        return None
+    key = load_public_pem(ident.public_key_pem)
+    path = root / "etc/fieldkit/operators" / file_name(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(key.pem)
+    return path
+
+
 class Simulation:
     """Start with :meth:`start`, stop with :meth:`stop` (or use as a context manager)."""
 
     def __init__(self, home: Home, *, ssh: int = 1, serial: int = 1, prefix: str = "sim",
-                 profile: str = "generic-linux", base_dir: Path | None = None) -> None:
+                 profile: str = "generic-linux", base_dir: Path | None = None, operator_key: bool = True) -> None:
         self.home = home
+        self.operator_key = operator_key
         self.n_ssh = ssh
         self.n_serial = serial
         self.prefix = prefix
@@ -128,6 +151,8 @@ class Simulation:
         from fieldkit.sim.ptyrelay import PtyRelay
 
         root = make_device_root(self.base / name)
+        if self.operator_key:
+            provision_operator_key(self.home, root)
         relay = PtyRelay()
         self.relays[name] = relay
         self.start_serial_agent(name)

@@ -52,6 +52,10 @@ class HelloHeader(WireModel):
     ops: Annotated[list[Name], Field(max_length=MAX_ZONES)] = []
     root: Text | None = None
     pid: Int | None = None
+    transport: Name | None = None
+    """``stdio`` (SSH, local) or ``serial``; None from older agents."""
+    auth_required: bool | None = None
+    """Changing operations need ``auth_challenge``/``auth_response`` first (serial)."""
     max_frame: Count | None = None
     max_in_flight: Count | None = None
 

@@ -1,5 +1,6 @@
-"""Models of the signed-release operations (docs/releases.md): trust anchors, staging, install,
-activation, smoke test, commit / revert, the model list, verification, removal, recovery."""
+"""Models of the signed-release operations (docs/releases.md): trust anchors and operator keys,
+operator authentication over serial, staging, install, activation, smoke test, commit / revert,
+the model list, verification, removal, recovery."""
 
 from typing import Annotated, Literal
 
@@ -11,7 +12,8 @@ __all__ = [
     "Anchor", "AnchorsListResult", "AnchorAddResult", "AnchorsRemoveResult", "StagedFile", "StageOpenResult",
     "ReleaseInstallResult", "ActivateResult", "SmokeOutput", "SmokeResult", "CommitResult", "RevertResult",
     "InstalledModel", "ModelsListResult", "ModelCheck", "ModelsVerifyResult", "ModelRemoveResult",
-    "Recovered", "RecoverResult", "RELEASE_RESULT_MODELS",
+    "Recovered", "RecoverResult", "AuthChallengeResult", "AuthResponseResult", "AUTH_PURPOSE",
+    "RELEASE_RESULT_MODELS",
 ]
 
 State = Literal["committed", "pending", "reverted"]
@@ -29,17 +31,54 @@ class Anchor(WireModel):
     """The public key itself (public data): the laptop checks a release against it first."""
 
 
+KeyKind = Literal["release", "operator"]
+
+
 class AnchorsListResult(WireModel):
     dir: Text | None = None
     keys: Annotated[list[Anchor], Field(max_length=MAX_ZONES)] = []
+    """Release keys (``etc/fieldkit/trust``)."""
+    operators_dir: Text | None = None
+    operator_keys: Annotated[list[Anchor], Field(max_length=MAX_ZONES)] = []
+    """Operator keys allowed to change the device over serial (``etc/fieldkit/operators``); empty
+    from older agents."""
 
 
 class AnchorAddResult(Anchor):
     added: bool
+    kind: KeyKind = "release"
 
 
 class AnchorsRemoveResult(WireModel):
     removed: Annotated[list[Name], Field(max_length=MAX_ZONES)] = []
+    kind: KeyKind = "release"
+
+
+AUTH_PURPOSE = "fieldkit-operator-auth/1"
+
+
+class AuthChallengeResult(WireModel):
+    """``auth_challenge``: what the operator signs (with ``operator``: the signing key's fingerprint),
+    see fieldkit/agent/operators.py and docs/releases.md."""
+
+    purpose: Literal["fieldkit-operator-auth/1"]
+    nonce: Annotated[str, Field(strict=True, pattern=r"^[0-9a-f]{64}$")]
+    session: Annotated[str, Field(strict=True, pattern=r"^[0-9a-f]{32}$")]
+    pid: Count
+    hostname: Name
+    root: Text
+    expires_in: Number | None = None
+    required: bool = False
+    """The session must authenticate before changing the device (serial)."""
+    operators: Count | None = None
+    """How many operator keys the device accepts."""
+
+
+class AuthResponseResult(WireModel):
+    authenticated: bool
+    fingerprint: Fingerprint
+    file: Name | None = None
+    session: Name | None = None
 
 
 class StagedFile(WireModel):
@@ -164,4 +203,6 @@ RELEASE_RESULT_MODELS: dict[str, type[WireModel]] = {
     "models_verify": ModelsVerifyResult,
     "model_remove": ModelRemoveResult,
     "recover": RecoverResult,
+    "auth_challenge": AuthChallengeResult,
+    "auth_response": AuthResponseResult,
 }
