@@ -74,6 +74,12 @@ class Home:
         return self.root / "operator.json"
 
     @property
+    def site_manifest(self) -> Path:
+        """The site manifest the TUI loads (JSON: the signed manifest's path and the release public key's
+        path), written by ``fieldkit --manifest FILE --manifest-key PUB.pem``; re-verified at every start."""
+        return self.root / "manifest.json"
+
+    @property
     def journal_db(self) -> Path:
         """The operator journal (SQLite, WAL, append-only, hash-chained, signed)."""
         return self.root / "journal.db"

@@ -33,8 +33,9 @@ from fieldkit.manifest import Expectation, Manifest, expected_for
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STATUSES", "ModelVersion", "DeviceVersions", "worst_status", "compare", "check_device",
-           "check_versions", "exit_code"]
+__all__ = ["STATUSES", "ModelVersion", "DeviceVersions", "worst_status", "compare", "compare_device",
+           "check_device", "check_versions", "exit_code", "remember_manifest", "remembered_paths",
+           "remembered_manifest"]
 
 STATUSES = ("ok", "unreachable", "unexpected", "missing", "drift", "modified")
 """Every status word, least severe first."""
@@ -167,6 +168,64 @@ def compare(expectations: list[Expectation], listed: list[dict], checks: list[di
     return sorted(out, key=lambda mv: mv.name)
 
 
+def compare_device(manifest: Manifest, device: str, groups: Iterable[str], profile: str | None, listed: list[dict],
+                   checks: list[dict] | None = None, agent_version: str | None = None) -> tuple[str, list[ModelVersion]]:
+    """One device's ``models_list`` entries against the manifest's entries for it (:func:`expected_for`
+    then :func:`compare`): the device's (worst) status and one :class:`ModelVersion` per model. Pure:
+    the caller already has the listing (the TUI's fleet reuses the one its model column reads)."""
+    models = compare(expected_for(manifest, device, groups, profile), listed, checks, agent_version)
+    return worst_status(m.status for m in models), models
+
+
+# ---- the site manifest the TUI remembers -----------------------------------------------------------
+
+def remember_manifest(home: Any, manifest: Manifest, key_path: Any) -> None:
+    """Remember a verified manifest and its release public key in the home (``home.site_manifest``),
+    so the TUI loads it again; both paths kept absolute. Only the paths: it is re-verified every time."""
+    from pathlib import Path
+
+    from fieldkit.fsutil import atomic_write_json
+
+    assert manifest.path is not None
+    home.ensure()
+    atomic_write_json(home.site_manifest, {"manifest": str(Path(manifest.path).resolve()),
+                                           "key": str(Path(key_path).resolve()),
+                                           "signer": manifest.signer, "sha256": manifest.sha256}, mode=0o600)
+
+
+def remembered_paths(home: Any) -> tuple[Any, Any] | None:
+    """The remembered (manifest path, key path), None when none is remembered; ConfigError for a
+    damaged file."""
+    import json
+    from pathlib import Path
+
+    from fieldkit.errors import ConfigError
+
+    path = home.site_manifest
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read the remembered site manifest ({type(exc).__name__})",
+                          hint="load one again: fieldkit --manifest FILE.json --manifest-key PUB.pem") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("manifest"), str) or not isinstance(doc.get("key"), str):
+        raise ConfigError(f"{path}: expected {{\"manifest\": PATH, \"key\": PATH}}",
+                          hint="load one again: fieldkit --manifest FILE.json --manifest-key PUB.pem")
+    return Path(doc["manifest"]), Path(doc["key"])
+
+
+def remembered_manifest(home: Any) -> Manifest | None:
+    """The manifest remembered in the home, verified again with its remembered key; None when none is
+    remembered. ManifestError (it no longer verifies) or ConfigError (a file is gone) otherwise."""
+    from fieldkit.manifest import verify_manifest
+
+    paths = remembered_paths(home)
+    if paths is None:
+        return None
+    return verify_manifest(paths[0], [paths[1]])
+
+
 def _journal_details(manifest: Manifest, result: DeviceVersions) -> dict:
     return {"manifest": manifest.sha256, "manifest_signer": manifest.signer, "status": result.status,
             "agent_version": result.agent_version,
@@ -202,8 +261,8 @@ def check_device(spec: str, home: Any, manifest: Manifest, *, journal: Any = Non
                 checks = None
                 if listed and session.supports("models_verify"):
                     checks = verify_models(session)["models"]
-                result.models = compare(expectations, listed, checks, result.agent_version)
-                result.status = worst_status(m.status for m in result.models)
+                result.status, result.models = compare_device(manifest, dev.name, entry.groups if entry else (),
+                                                              dev.profile.name, listed, checks, result.agent_version)
                 result.exit_code = 0 if result.status == "ok" else 1
                 op.details.update(_journal_details(manifest, result))
                 if result.status != "ok":

@@ -38,6 +38,8 @@ FLEET = [
     Action("fleet.remove", "x", "remove_device", "Remove", "Remove the selected device from the inventory"),
     Action("fleet.trust", "t", "trust_device", "Trust", "Check and pin the selected device's SSH host key"),
     Action("fleet.audit", "A", "audit", "Audit", "The operator journal: entries, verify, export, sync"),
+    Action("fleet.checklist", "c", "checklist", "Checklist",
+           "Run a checklist on the selected device, or resume its stopped run"),
     Action("fleet.clear_filter", "escape", "clear_filter", "Clear filter", "Show all devices again", show=False),
 ]
 
@@ -49,6 +51,8 @@ DEVICE = [
     Action("device.slower", "minus", "slower", "Slower", "Poll less often", key_display="-"),
     Action("device.bench", "b", "bench", "Bench", "Benchmark a model on this device"),
     Action("device.models", "m", "models", "Models", "Installed models: install a release, roll back, verify"),
+    Action("device.checklist", "c", "checklist", "Checklist",
+           "Run a checklist on this device, or resume its stopped run"),
 ]
 
 BENCH = [
@@ -79,4 +83,21 @@ AUDIT = [
     Action("audit.export", "e", "export", "Export", "Write a self-contained verifiable bundle file"),
     Action("audit.sync", "s", "sync", "Sync", "Send pending entries to the receiver URL"),
     Action("audit.reload", "r", "reload_entries", "Reload", "Read the journal again"),
+]
+
+CHECKLIST = [
+    Action("checklist.back", "escape", "cancel_or_back", "Stop/Back",
+           "Stop the run after the current step (it can be resumed), or go back"),
+    Action("checklist.start", "enter", "start", "Start", "Run the selected checklist on this device"),
+    Action("checklist.yes", "y", "answer_yes", "Yes", "Answer the question yes (with the note, if any)"),
+    Action("checklist.no", "n", "answer_no", "No", "Answer the question no (with the note, if any)"),
+    Action("checklist.note", "e", "note", "Note", "Type a note for this answer; Enter keeps it"),
+    Action("checklist.report", "w", "write_report", "Report",
+           "Write the signed report (report.html, report.json) under the home's reports/"),
+]
+
+RESUME = [
+    Action("resume.resume", "r", "resume", "Resume", "Continue the run at its first unfinished step"),
+    Action("resume.new", "s", "new", "Start new", "Leave that run as it is and pick a checklist"),
+    Action("resume.cancel", "escape", "cancel", "Cancel", "Go back without running anything"),
 ]

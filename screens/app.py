@@ -21,9 +21,13 @@ class FieldkitApp(App[None]):
     TITLE = "fieldkit"
     BINDINGS = bindings(APP)
 
-    def __init__(self, home: Any, *, fleet_refresh_s: float = 10.0, ready_marker: Path | None = None) -> None:
+    def __init__(self, home: Any, *, fleet_refresh_s: float = 10.0, ready_marker: Path | None = None,
+                 site_manifest: Any = None) -> None:
+        """``site_manifest``: a verified :class:`fieldkit.manifest.Manifest`; None loads the one remembered
+        in the home (``fieldkit --manifest``), verified again (see :meth:`load_site_manifest`)."""
         super().__init__()
         self.home = home
+        self.site_manifest = site_manifest
         self.fleet_refresh_s = fleet_refresh_s
         self.ready_marker = ready_marker
         self._started = time.monotonic()
@@ -35,13 +39,28 @@ class FieldkitApp(App[None]):
         from fieldkit.journal import IdentityMissing, load_identity
 
         self.sub_title = str(self.home.root)
-        self.push_screen(FleetScreen(self.home, refresh_s=self.fleet_refresh_s))
+        if self.site_manifest is None:
+            self.site_manifest = self.load_site_manifest()
+        self.push_screen(FleetScreen(self.home, refresh_s=self.fleet_refresh_s, manifest=self.site_manifest))
         try:
             load_identity(self.home)
         except IdentityMissing:
             self.ask_identity()
         except FieldkitError as exc:
             self.notify(str(exc), severity="error", timeout=15)
+
+    def load_site_manifest(self) -> Any:
+        """The remembered site manifest, verified again with its remembered key; when it no longer
+        verifies (or a file is gone) the TUI opens without it and says why."""
+        from fieldkit.errors import FieldkitError
+        from fieldkit.versions import remembered_manifest
+
+        try:
+            return remembered_manifest(self.home)
+        except FieldkitError as exc:
+            self.notify(f"the remembered site manifest is not loaded: {exc}", title="Site manifest",
+                        severity="error", timeout=20)
+            return None
 
     def ask_identity(self) -> None:
         """First run: every device operation is signed and recorded, so ask who is working."""

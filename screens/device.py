@@ -254,6 +254,11 @@ class DeviceScreen(Screen):
 
         self.app.push_screen(ModelsScreen(self.home, self.device, borrow=lambda: self.session))
 
+    def action_checklist(self) -> None:
+        from screens.checklist import ChecklistScreen
+
+        self.app.push_screen(ChecklistScreen(self.home, self.device, session_of=lambda: self.session))
+
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused
         if self.paused:

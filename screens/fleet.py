@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
+from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.message import Message
@@ -23,7 +24,12 @@ COLUMNS = [("device", "Device"), ("transport", "Link"), ("profile", "Profile"), 
 MODELS_EVERY = 6
 """The model column costs a second connection per device (health does not list models), so it is
 read every MODELS_EVERY-th refresh (60 s at the default 10 s), only for devices that answered the
-health check and only while the fleet is on screen; the Models screen updates it on every change."""
+health check and only while the fleet is on screen; the Models screen updates it on every change.
+With a site manifest loaded, the same listing is held against it (fieldkit.versions.compare_device) and
+the cell is coloured by the status: no further connection."""
+
+VERSION_STYLE = {"ok": "green", "drift": "red", "missing": "red", "modified": "red", "unexpected": "yellow",
+                 "unreachable": "dim"}
 
 @dataclass
 class Row:
@@ -32,12 +38,38 @@ class Row:
     profile: str
     transport: str
     cells: dict[str, str]
+    groups: tuple[str, ...] = ()
 
 
 class DeviceChecked(Message):
     def __init__(self, report: Any) -> None:
         super().__init__()
         self.report = report
+
+
+class FleetModelsListed(ModelsListed):
+    """The fleet's own model-listing pass: ``versions`` is (status, ModelVersions) against the manifest."""
+
+    def __init__(self, device: str, models: list[dict] | None, error: Exception | None = None,
+                 versions: tuple[str, list[Any]] | None = None) -> None:
+        super().__init__(device, models, error)
+        self.versions = versions
+
+
+def version_cell(status: str, models: list[Any], listed: list[dict] | None) -> str:
+    """The model column against the manifest: the most severe model, ``name active`` and the status
+    word, coloured by the status; ``+N`` more models."""
+    if not models:
+        return active_summary(listed or [])
+    from fieldkit.versions import worst_status
+
+    worst = worst_status(m.status for m in models)
+    first = next(m for m in models if m.status == worst)
+    text = f"{first.name} {first.active or '-'} {first.status}"
+    if first.status in ("drift", "missing") and first.expected and first.expected != first.active:
+        text += f" ({first.expected} expected)"
+    more = f" +{len(models) - 1}" if len(models) > 1 else ""
+    return f"[{VERSION_STYLE.get(first.status, 'dim')}]{escape(text)}[/]{more}"
 
 
 class RefreshDone(Message):
@@ -57,9 +89,12 @@ class FleetScreen(Screen):
     TITLE = "Fleet"
     AUTO_FOCUS = "#devices"
 
-    def __init__(self, home: Any, refresh_s: float = 10.0, models_every: int = MODELS_EVERY) -> None:
+    def __init__(self, home: Any, refresh_s: float = 10.0, models_every: int = MODELS_EVERY,
+                 manifest: Any = None) -> None:
+        """``manifest``: a verified site manifest (fieldkit.manifest.Manifest) the model column is held against."""
         super().__init__(id="fleet")
         self.home = home
+        self.manifest = manifest
         self.refresh_s = refresh_s
         self.rows: dict[str, Row] = {}
         self.filter_text = ""
@@ -99,7 +134,9 @@ class FleetScreen(Screen):
             names.add(d.name)
             if d.name not in self.rows:
                 self.rows[d.name] = Row(d.name, d.target, d.profile, transport_of(d.target),
-                                        {"status": STATUS_STYLE["checking"]})
+                                        {"status": STATUS_STYLE["checking"]}, tuple(d.groups))
+            else:
+                self.rows[d.name].groups = tuple(d.groups)
         for gone in set(self.rows) - names:
             del self.rows[gone]
         self.rebuild_table()
@@ -120,7 +157,14 @@ class FleetScreen(Screen):
         status = f"{n} device(s)" + (f", {shown} shown (filter: {self.filter_text!r})" if shown != n else "")
         if n == 0:
             status = "No devices yet: press a to add one, or run `fieldkit sim` / `fieldkit demo`."
-        self.query_one("#fleet-status", Static).update(status)
+        self.query_one("#fleet-status", Static).update(escape(status + self.manifest_note()))
+
+    def manifest_note(self) -> str:
+        m = self.manifest
+        if m is None:
+            return ""
+        name = m.path.name if m.path is not None else "site manifest"
+        return f" · manifest {name}, signed by {m.signer}"
 
     def cells_for(self, row: Row) -> list[str]:
         base = {"device": row.name, "transport": row.transport, "profile": row.profile}
@@ -173,11 +217,22 @@ class FleetScreen(Screen):
             return  # a device or models screen is open: it owns the link now
         try:
             with open_session(name, self.home, timeout=10.0) as session:
-                self.post_message(ModelsListed(name, list_models(session)["models"]))
+                listed = list_models(session)["models"]
+                agent = session.hello.agent_version
+            self.post_message(FleetModelsListed(name, listed, versions=self.versions_of(name, listed, agent)))
         except FieldkitError as exc:
             self.post_message(ModelsListed(name, None, exc))
         except Exception as exc:  # a core bug must not kill the refresh loop
             self.post_message(ModelsListed(name, None, exc))
+
+    def versions_of(self, name: str, listed: list[dict], agent: str | None) -> tuple[str, list[Any]] | None:
+        """``listed`` against the manifest (None without one): pure, no connection."""
+        from fieldkit.versions import compare_device
+
+        row = self.rows.get(name)
+        if self.manifest is None or row is None:
+            return None
+        return compare_device(self.manifest, name, row.groups, row.profile, listed, None, agent)
 
     @on(ModelsListed)
     def _models_listed(self, message: ModelsListed) -> None:
@@ -185,13 +240,24 @@ class FleetScreen(Screen):
         if row is None:
             return
         if message.models is None:
-            old = row.cells.get("model", "")
-            row.cells["model"] = f"[dim]{old}[/]" if old and not old.startswith("[dim]") else old
+            self.dim_model(row)
+        elif self.manifest is not None:
+            versions = getattr(message, "versions", None)
+            if versions is None:  # from the Models screen: held against the manifest here (pure)
+                versions = self.versions_of(row.name, message.models, _agent(row))
+            row.cells["model"] = version_cell(*versions, message.models) if versions else active_summary(message.models)
         else:
             row.cells["model"] = active_summary(message.models)
+        self.show_model(row)
+
+    def dim_model(self, row: Row) -> None:
+        old = row.cells.get("model", "")
+        row.cells["model"] = f"[dim]{old}[/]" if old and not old.startswith("[dim]") else old
+
+    def show_model(self, row: Row) -> None:
         table = self.query_one("#devices", DataTable)
-        if message.device in table.rows:
-            table.update_cell(message.device, "model", row.cells["model"], update_width=True)
+        if row.name in table.rows:  # the row key is the device name
+            table.update_cell(row.name, "model", row.cells["model"], update_width=True)
 
     @on(RefreshDone)
     def _refresh_done(self) -> None:
@@ -206,6 +272,9 @@ class FleetScreen(Screen):
             return
         cells = row.cells
         cells["status"] = STATUS_STYLE.get(r.status, r.status)
+        if self.manifest is not None and r.status == "unreachable" and cells.get("model"):
+            self.dim_model(row)  # against the manifest: unreachable is dim
+            self.show_model(row)
         if r.error:
             cells["note"] = f"[magenta]{_first_line(r.error)}[/]"
             for k in ("cpu", "mem", "temp"):
@@ -248,7 +317,7 @@ class FleetScreen(Screen):
         return str(key.value)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("open_device", "remove_device", "trust_device"):
+        if action in ("open_device", "remove_device", "trust_device", "checklist"):
             return None if self.selected() is None else True  # greyed out with no selection
         return True
 
@@ -327,12 +396,25 @@ class FleetScreen(Screen):
 
         self.app.push_screen(AuditScreen(self.home))
 
+    def action_checklist(self) -> None:
+        name = self.selected()
+        if name is None:
+            return
+        from screens.checklist import ChecklistScreen
+
+        self.app.push_screen(ChecklistScreen(self.home, name))
+
     def action_trust_device(self) -> None:
         name = self.selected()
         if name is None:
             return
         self.alerted.discard(name)
         self.app.check_host_key(name)
+
+
+def _agent(row: Row) -> str | None:
+    text = row.cells.get("agent", "")
+    return text if text and not text.startswith("[") else None
 
 
 def _first_line(text: str, limit: int = 70) -> str:

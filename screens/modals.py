@@ -13,7 +13,7 @@ from textual.screen import ModalScreen
 from textual.suggester import Suggester
 from textual.widgets import Button, DataTable, DirectoryTree, Input, Label, Select, Static
 
-from screens.actions import RELEASE_PICKER, bindings
+from screens.actions import RELEASE_PICKER, RESUME, bindings
 
 
 class TrustModal(ModalScreen[bool]):
@@ -96,6 +96,39 @@ class ConfirmModal(ModalScreen[bool]):
     @on(Button.Pressed, "#no")
     def action_no(self) -> None:
         self.dismiss(False)
+
+
+class ResumeModal(ModalScreen[str | None]):
+    """This device has a stopped or unfinished checklist run: resume it, start a new one, or cancel
+    (dismissed with "resume", "new" or None)."""
+
+    BINDINGS = bindings(RESUME)
+
+    def __init__(self, question: str, detail: str = "") -> None:
+        super().__init__(classes="dialog-screen")
+        self.question, self.detail = question, detail
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(self.question, classes="title")
+            if self.detail:
+                yield Static(self.detail, classes="explain")
+            with Horizontal(classes="buttons"):
+                yield Button("Resume (r)", id="resume", variant="success")
+                yield Button("Start new (s)", id="new")
+                yield Button("Cancel (Esc)", id="cancel")
+
+    @on(Button.Pressed, "#resume")
+    def action_resume(self) -> None:
+        self.dismiss("resume")
+
+    @on(Button.Pressed, "#new")
+    def action_new(self) -> None:
+        self.dismiss("new")
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)
 
 
 class AddDeviceModal(ModalScreen[Any]):

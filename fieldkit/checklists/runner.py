@@ -25,7 +25,8 @@ from __future__ import annotations
 import re
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -202,12 +203,13 @@ def _verify_manifest(inputs: RunInputs) -> Any:
 def start_run(home: Any, checklist: Checklist, device: str, inputs: RunInputs | None = None, *,
               answers: Mapping[str, Answer] | None = None, ask: AnswerFn | None = None,
               progress: ProgressFn | None = None, cancel: threading.Event | None = None,
-              on_started: Callable[[str], None] | None = None, connect_timeout: float = 15.0) -> Run:
-    """Open a session to ``device`` and run ``checklist`` from its first step. ``answers`` answers confirm
+              on_started: Callable[[str], None] | None = None, connect_timeout: float = 15.0,
+              session: Any = None) -> Run:
+    """Run ``checklist`` on ``device`` from its first step. ``answers`` answers confirm
     steps by id; ``ask`` is asked for the others (None: a non-interactive run, which stops at an
-    unanswered confirm). Returns the run; its ``exit_code`` is what the CLI returns."""
-    from fieldkit.devices import open_session
-    from fieldkit.journal import Journal
+    unanswered confirm). ``session``: an open session to ``device`` to run through (the TUI's device
+    screen lends its own: never a second connection to a serial port); it is left open. Returns the
+    run; its ``exit_code`` is what the CLI returns."""
 
     inputs = inputs or RunInputs()
     inputs = RunInputs(str(Path(inputs.release).resolve()) if inputs.release else None, inputs.model,
@@ -215,30 +217,26 @@ def start_run(home: Any, checklist: Checklist, device: str, inputs: RunInputs | 
                        [str(Path(k).resolve()) for k in inputs.keys])
     _check_inputs(checklist, inputs)
     manifest = _verify_manifest(inputs)
-    with Journal.open(home) as journal:
-        session = open_session(device, home, journal=journal, timeout=connect_timeout)
-        try:
-            run = Run(new_run_id(checklist.name), checklist, session.name, session.target, session.profile.name,
-                      inputs, journal.identity.name if journal.identity else "", _now(), transport=session.transport,
-                      manifest=manifest.to_json() if manifest is not None else None)
-            run.steps = {s.id: StepState(s.id, s.kind, s.title) for s in checklist.steps}
-            session.record("checklist.run", "started", {
-                "run_id": run.run_id, "checklist": checklist.name, "title": checklist.title,
-                "checklist_sha256": checklist.digest, "definition": checklist.definition(),
-                "target": run.target, "profile": run.profile, "transport": run.transport,
-                "inputs": inputs.to_json(), "manifest": run.manifest})
-            if on_started is not None:
-                on_started(run.run_id)
-            return _drive(run, session, home, manifest, 0, None, dict(answers or {}), ask, progress, cancel)
-        finally:
-            session.close()
+    with _session_and_journal(home, device, session, connect_timeout) as (session, journal):
+        run = Run(new_run_id(checklist.name), checklist, session.name, session.target, session.profile.name,
+                  inputs, journal.identity.name if journal.identity else "", _now(), transport=session.transport,
+                  manifest=manifest.to_json() if manifest is not None else None)
+        run.steps = {s.id: StepState(s.id, s.kind, s.title) for s in checklist.steps}
+        session.record("checklist.run", "started", {
+            "run_id": run.run_id, "checklist": checklist.name, "title": checklist.title,
+            "checklist_sha256": checklist.digest, "definition": checklist.definition(),
+            "target": run.target, "profile": run.profile, "transport": run.transport,
+            "inputs": inputs.to_json(), "manifest": run.manifest})
+        if on_started is not None:
+            on_started(run.run_id)
+        return _drive(run, session, home, manifest, 0, None, dict(answers or {}), ask, progress, cancel)
 
 
 def resume_run(home: Any, run_id: str, *, answers: Mapping[str, Answer] | None = None, ask: AnswerFn | None = None,
                progress: ProgressFn | None = None, cancel: threading.Event | None = None,
-               connect_timeout: float = 15.0) -> Run:
-    """Continue a stopped or unfinished run at its first unfinished step (see the module docstring)."""
-    from fieldkit.devices import open_session
+               connect_timeout: float = 15.0, session: Any = None) -> Run:
+    """Continue a stopped or unfinished run at its first unfinished step (see the module docstring).
+    ``session``: as for :func:`start_run`."""
     from fieldkit.journal import Journal
 
     check_run_id(run_id)
@@ -249,13 +247,27 @@ def resume_run(home: Any, run_id: str, *, answers: Mapping[str, Answer] | None =
                               hint=f"start a new run: `fieldkit checklist run {run.checklist.name} {run.device}`")
         manifest = _verify_manifest(run.inputs)
         index, jumped = _resume_point(run)
-        session = open_session(run.device, home, journal=journal, timeout=connect_timeout)
+    with _session_and_journal(home, run.device, session, connect_timeout) as (session, journal):
+        at = run.checklist.steps[index].id if index < len(run.checklist.steps) else None
+        session.record("checklist.run", "info", {"run_id": run_id, "checklist": run.checklist.name,
+                                                 "resumed": True, "at": at, "previous_status": run.status})
+        run.status, run.reason, run.stopped_at, run.finished = "unfinished", "", None, None
+        return _drive(run, session, home, manifest, index, jumped, dict(answers or {}), ask, progress, cancel)
+
+
+@contextmanager
+def _session_and_journal(home: Any, device: str, lent: Any, timeout: float) -> Iterator[tuple[Any, Any]]:
+    """The session a run goes through and its journal: the one lent (left open), or a new one."""
+    from fieldkit.devices import open_session
+    from fieldkit.journal import Journal
+
+    if lent is not None and not lent.closed:
+        yield lent, lent.journal
+        return
+    with Journal.open(home) as journal:
+        session = open_session(device, home, journal=journal, timeout=timeout)
         try:
-            at = run.checklist.steps[index].id if index < len(run.checklist.steps) else None
-            session.record("checklist.run", "info", {"run_id": run_id, "checklist": run.checklist.name,
-                                                     "resumed": True, "at": at, "previous_status": run.status})
-            run.status, run.reason, run.stopped_at, run.finished = "unfinished", "", None, None
-            return _drive(run, session, home, manifest, index, jumped, dict(answers or {}), ask, progress, cancel)
+            yield session, journal
         finally:
             session.close()
 

@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fieldkit", description="Field toolkit for edge ML devices (SSH or serial).")
     p.add_argument("--version", action="version", version=f"fieldkit {__version__}")
     p.add_argument("--home", type=Path, help="state directory (default: $FIELDKIT_HOME or the user data dir)")
+    p.add_argument("--manifest", dest="tui_manifest", type=Path, metavar="FILE.json",
+                   help="open the TUI with this signed site manifest (verified first, then remembered in the home)")
+    p.add_argument("--manifest-key", dest="tui_manifest_key", type=Path, metavar="PUB.pem",
+                   help="the release public key the --manifest must be signed with (default: the remembered one)")
     # Nested subparsers (devices list, audit show, ...) inherit parser_class from their parent: _Parser.
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
     for group in GROUPS:
@@ -46,10 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.cmd is not None and (args.tui_manifest or args.tui_manifest_key):
+        parser.error("--manifest/--manifest-key open the TUI: give them without a command "
+                     "(`fieldkit versions` takes its own --manifest and --key)")
+    if args.tui_manifest_key and not args.tui_manifest:
+        parser.error("--manifest-key needs --manifest FILE.json")
     home = Home(args.home) if args.home else Home.current()
     try:
         if args.cmd is None:
-            return demo.run_tui(home)
+            return demo.run_tui(home, manifest=args.tui_manifest, manifest_key=args.tui_manifest_key)
         from fieldkit import notices
 
         notices.set_handler(lambda msg: print(f"fieldkit: warning: {msg}", file=sys.stderr, flush=True))

@@ -41,8 +41,27 @@ def cmd_sim(args: argparse.Namespace, home: Home) -> int:
     return 0
 
 
-def run_tui(home: Home) -> int:
-    """Open the Textual UI (the only place the core hands over to the UI layer)."""
+def run_tui(home: Home, manifest: Path | None = None, manifest_key: Path | None = None) -> int:
+    """Open the Textual UI (the only place the core hands over to the UI layer). With ``manifest``,
+    the signed site manifest is verified first with ``manifest_key`` (or the remembered key): refused
+    (ManifestError, exit 1) before any UI opens, else remembered in the home for the next start."""
+    if manifest is not None:
+        from fieldkit.manifest import verify_manifest
+        from fieldkit.versions import remember_manifest, remembered_paths
+
+        if manifest_key is None:
+            try:
+                remembered = remembered_paths(home)
+            except ConfigError:
+                remembered = None
+            if remembered is None:
+                raise ConfigError("--manifest needs the release public key it is signed with",
+                                  hint="fieldkit --manifest FILE.json --manifest-key PUB.pem")
+            manifest_key = remembered[1]
+        verified = verify_manifest(manifest, [manifest_key])  # ManifestError (exit 1): never a TUI with it
+        remember_manifest(home, verified, manifest_key)
+        print(f"fieldkit: site manifest {manifest.name} signed by {verified.signer}: verified and remembered",
+              flush=True)
     try:
         import importlib
 
