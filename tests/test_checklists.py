@@ -393,3 +393,30 @@ def test_ssh_commissioning_end_to_end_through_the_cli(home: Home, releases, key,
     (report_dir / "report.json").write_bytes((report_dir / "report.json").read_bytes().replace(b"passed", b"passes", 1))
     rc, _, _, err = cli("report", "verify", str(report_dir / "report.json"))
     assert rc == 1 and "altered" in err, err
+
+
+def test_a_restart_service_action_restarts_the_profiles_inference_service(
+        home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = tmp_path / "systemctl-calls"
+    fake = tmp_path / "systemctl"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{calls}"\nexit 0\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("FIELDKIT_AGENT_SYSTEMCTL", str(fake))  # the local agent inherits it
+    own = tmp_path / "restart.toml"
+    own.write_text('name = "restart"\ntitle = "Restart the inference service"\n'
+                   '[[steps]]\nid = "restart"\nkind = "action"\naction = "restart_service"\ntitle = "Restart"\n')
+    root = tmp_path / "ipc"
+    root.mkdir()
+    add_device(home, "ipc-1", f"local:{root}", profile="x86-ipc")  # edge-inference.service
+    run = start_run(home, get_checklist(str(own), home), "ipc-1")
+    assert run.status == "passed", run.steps["restart"].message
+    assert calls.read_text().split() == ["restart", "edge-inference.service"]
+    assert journal_count(home, "ipc-1", "service.restart") == 1
+    events = [json.loads(line)["event"] for line in
+              (root / "var/lib/fieldkit/journal.jsonl").read_text().splitlines() if line.strip()]
+    assert "service.restart" in events
+
+    add_device(home, "plain-1", f"local:{root}")  # generic-linux: no inference service
+    run = start_run(home, get_checklist(str(own), home), "plain-1")
+    assert run.steps["restart"].status == "failed" and "no inference service" in run.steps["restart"].message
+    assert run.status == "stopped"  # on_fail defaults to stop

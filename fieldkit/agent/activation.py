@@ -126,6 +126,17 @@ def restart_service(fs, unit):
     raise RemoteError("restart_failed", "systemctl restart %s failed (status %d): %s" % (unit, proc.returncode, why))
 
 
+def restart_op(store, req):
+    """``service_restart {"service"}``: restart the inference service (a checklist step, a technician's
+    "restart it" after a change outside fieldkit). Journaled on the device."""
+    unit = check_unit(req.args)
+    if unit is None:
+        raise RemoteError("bad_args", "name the service to restart (service: UNIT.service)")
+    restarted = restart_service(store.fs, unit)
+    store.journal("service.restart", {"service": unit, "restarted": restarted, "by": operator(req.args)})
+    return {"service": unit, "restarted": restarted}
+
+
 def _result(store, name, state, restarted):
     return {"name": name, "active": store.pointer(name, "current"), "previous": store.pointer(name, "previous"),
             "state": state, "restarted": restarted}

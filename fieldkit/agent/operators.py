@@ -51,7 +51,7 @@ MAX_SIGNATURE_B64 = 200  # a DER P-256 signature is at most 72 bytes (96 in base
 # Operations that change the device: over serial they need an authenticated session.
 GATED_OPS = frozenset([
     "stage_open", "release_install", "model_activate", "model_smoke", "model_commit", "model_revert",
-    "model_remove", "anchors_add", "anchors_remove",
+    "model_remove", "anchors_add", "anchors_remove", "service_restart",
 ])
 # ``put`` and ``remove`` are allowed without it only inside the bench cache, ``bench`` only with its
 # lock there. Everything else (health, ping, stat, hash, journal_read, journal_checkpoint,

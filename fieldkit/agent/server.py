@@ -124,6 +124,7 @@ class AgentSession(object):
             "model_smoke": self.op_model_smoke,
             "model_commit": lambda req: activation.commit(self.store(), req, self.model_locks),
             "model_revert": lambda req: activation.revert(self.store(), req, self.model_locks),
+            "service_restart": lambda req: activation.restart_op(self.store(), req),
             "models_list": lambda req: storeops.list_op(self.store(), req),
             "models_verify": lambda req: storeops.verify_op(self.store(), req),
             "model_remove": lambda req: storeops.remove_op(self.store(), req, self.model_locks),

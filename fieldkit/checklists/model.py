@@ -34,7 +34,7 @@ check      ``check``: ``health`` (``checks`` = named health checks, all when omi
            ``runs``), ``smoke`` (the active model), ``identity`` (hostname/os/machine against the
            profile's arch), ``host_key`` (pinned; n/a off SSH), ``anchors`` (the run's release key trusted)
 action     ``action``: ``install`` (the run's release), ``rollback`` (the run's model), ``add_anchor``
-           (the run's release key)
+           (the run's release key), ``restart_service`` (the profile's inference service)
 record     ``record`` = a list of readings: ``health``, ``versions``, ``models``, ``anchors``, ``identity``
 =========  =============================================================================================
 """
@@ -73,7 +73,7 @@ __all__ = [
 
 STEP_KINDS = ("confirm", "check", "action", "record")
 CHECKS = ("health", "versions", "models_verify", "bench", "smoke", "identity", "host_key", "anchors")
-ACTIONS = ("install", "rollback", "add_anchor")
+ACTIONS = ("install", "rollback", "add_anchor", "restart_service")
 READINGS = ("health", "versions", "models", "anchors", "identity")
 NEEDS = ("release", "model", "manifest")
 STEP_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -114,7 +114,8 @@ class Step(BaseModel):
     use_case: str | None = Field(None, description="check = bench: the profile's use case whose budget applies.")
     budget_ms: float | None = Field(None, gt=0, description="check = bench: a latency budget instead of the use case's.")
     runs: int | None = Field(None, ge=10, le=100000, description="check = bench: timed runs (default: the bench's).")
-    action: Literal["install", "rollback", "add_anchor"] | None = Field(None, description="action: what is changed.")
+    action: Literal["install", "rollback", "add_anchor", "restart_service"] | None = Field(
+        None, description="action: what is changed.")
     record: list[Literal["health", "versions", "models", "anchors", "identity"]] | None = Field(
         None, description="record: the readings captured into the run's record.")
     when: str | None = Field(None, description='Run only if an earlier step passed or failed: "STEP.passed" or '

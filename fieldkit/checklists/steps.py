@@ -373,6 +373,18 @@ def action_add_anchor(ctx: StepContext, step: Step) -> Outcome:
     return Outcome("passed", "; ".join(done), {"anchors": read_anchors(ctx)})
 
 
+def action_restart_service(ctx: StepContext, step: Step) -> Outcome:
+    service = ctx.session.profile.service
+    if service is None:
+        return Outcome("failed", f"the {ctx.session.profile.name} profile names no inference service to restart")
+    with ctx.session.operation("service.restart", {"service": service.unit}) as op:
+        res = ctx.session.call("service_restart", {"service": service.unit}, timeout=120, cancel=ctx.cancel)
+        op.details.update(restarted=res.restarted)
+    msg = (f"{service.unit} restarted" if res.restarted else
+           f"{service.unit}: no systemd on the device to restart it with")
+    return Outcome(_ok(res.restarted), msg, {"service": res.model_dump()})
+
+
 # ---- records ------------------------------------------------------------------------------------------
 def record_readings(ctx: StepContext, step: Step) -> Outcome:
     readings: dict[str, Any] = {}
@@ -398,4 +410,5 @@ CHECK_FNS: dict[str, Callable[[StepContext, Step], Outcome]] = {
 }
 ACTION_FNS: dict[str, Callable[[StepContext, Step], Outcome]] = {
     "install": action_install, "rollback": action_rollback, "add_anchor": action_add_anchor,
+    "restart_service": action_restart_service,
 }

@@ -12,7 +12,7 @@ __all__ = [
     "Anchor", "AnchorsListResult", "AnchorAddResult", "AnchorsRemoveResult", "StagedFile", "StageOpenResult",
     "ReleaseInstallResult", "ActivateResult", "SmokeOutput", "SmokeResult", "CommitResult", "RevertResult",
     "InstalledModel", "ModelsListResult", "ModelCheck", "ModelsVerifyResult", "ModelRemoveResult",
-    "Recovered", "RecoverResult", "AuthChallengeResult", "AuthResponseResult", "AUTH_PURPOSE",
+    "Recovered", "RecoverResult", "ServiceRestartResult", "AuthChallengeResult", "AuthResponseResult", "AUTH_PURPOSE",
     "RELEASE_RESULT_MODELS",
 ]
 
@@ -179,6 +179,12 @@ class ModelRemoveResult(WireModel):
     removed: Name
 
 
+class ServiceRestartResult(WireModel):
+    service: Name
+    restarted: bool
+    """False when the device has no systemd to restart it with (a simulated device)."""
+
+
 class Recovered(WireModel):
     name: Name
     action: Name
@@ -203,6 +209,7 @@ RELEASE_RESULT_MODELS: dict[str, type[WireModel]] = {
     "models_verify": ModelsVerifyResult,
     "model_remove": ModelRemoveResult,
     "recover": RecoverResult,
+    "service_restart": ServiceRestartResult,
     "auth_challenge": AuthChallengeResult,
     "auth_response": AuthResponseResult,
 }
