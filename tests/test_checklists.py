@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import lenient_profile, run_cli
 from models import models  # noqa: F401  (session fixture)
 
 from fieldkit.checklists import (
@@ -40,26 +40,7 @@ ANOMALY = "anomaly-tabular"
 MODELS_DIR = "var/lib/fieldkit/models"
 PROFILE = "checklist-test"
 
-# A device profile whose limits this shared, busy test machine always meets: the checks are real,
-# the machine's load is not what is under test.
-LENIENT_PROFILE = f"""
-name = "{PROFILE}"
-description = "lenient limits for the checklist tests"
-arch = "any"
-[thresholds]
-cpu_percent = {{ warn = 101, crit = 102 }}
-load_per_core = {{ warn = 500, crit = 1000 }}
-memory_used_percent = {{ warn = 99.9, crit = 100 }}
-swap_used_percent = {{ warn = 99.9, crit = 100 }}
-disk_used_percent = {{ warn = 99.9, crit = 100 }}
-temperature_c = {{ warn = 150, crit = 200 }}
-clock_offset_s = {{ warn = 60, crit = 120 }}
-[memory]
-headroom_mb = 0
-[use_cases.scoring]
-budget_ms = 10000
-metric = "p99"
-"""
+LENIENT_PROFILE = lenient_profile(PROFILE, '[use_cases.scoring]\nbudget_ms = 10000\nmetric = "p99"\n')
 
 YES = {"line-safe": True, "line-restarted": {"answer": True, "note": "restarted by <b>shift B</b>"},
        "escalate": True}

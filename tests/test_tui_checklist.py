@@ -5,11 +5,10 @@ the fleet's `c`) and finishes, as the journal says."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
+from conftest import lenient_profile, wait_for
 from textual.widgets import DataTable, Input
 
 from fieldkit.checklists import load_run
@@ -23,21 +22,7 @@ from screens.modals import ResumeModal
 
 DEVICE = "press-7"
 PROFILE = "checklist-tui-test"
-LENIENT_PROFILE = f"""
-name = "{PROFILE}"
-description = "lenient limits: the machine's load is not what is under test"
-arch = "any"
-[thresholds]
-cpu_percent = {{ warn = 101, crit = 102 }}
-load_per_core = {{ warn = 500, crit = 1000 }}
-memory_used_percent = {{ warn = 99.9, crit = 100 }}
-swap_used_percent = {{ warn = 99.9, crit = 100 }}
-disk_used_percent = {{ warn = 99.9, crit = 100 }}
-temperature_c = {{ warn = 150, crit = 200 }}
-clock_offset_s = {{ warn = 60, crit = 120 }}
-[memory]
-headroom_mb = 0
-"""
+LENIENT_PROFILE = lenient_profile(PROFILE)
 SITE_CHECK = """
 name = "site-check"
 title = "Site check: ready, healthy, recorded, signed off"
@@ -75,13 +60,6 @@ def device(home: Home, device_root: Path) -> Path:
     (home.root / "checklists" / "site-check.toml").write_text(SITE_CHECK)
     add_device(home, DEVICE, f"local:{device_root}", profile=PROFILE)
     return device_root
-
-
-async def wait_for(pilot, cond: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await pilot.pause(0.05)
 
 
 async def pick(pilot, screen: ChecklistScreen, name: str) -> None:

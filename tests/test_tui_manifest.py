@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, wait_for
 from models import models  # noqa: F401  (session fixture)
 from rich.text import Text
 from textual.widgets import DataTable, Static
@@ -29,13 +27,6 @@ from screens.app import build_app
 from screens.fleet import FleetScreen
 
 SITE = '[[expect]]\ngroup = "line3"\nmodel = "anomaly"\nversion = "1.0.0"\n'
-
-
-async def wait_for(pilot, cond: Callable[[], bool], timeout: float = 40.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await pilot.pause(0.05)
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
-import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
+from conftest import wait_for
 from models import models  # noqa: F401  (session fixture)
 from textual.widgets import DataTable, Input, ProgressBar, Static
 
@@ -31,13 +30,6 @@ from screens.models import ModelsScreen, OpProgress, Run
 
 DEVICE = "line3-cam"
 MODELS_DIR = "var/lib/fieldkit/models"
-
-
-async def wait_for(pilot, cond: Callable[[], bool], timeout: float = 40.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await pilot.pause(0.05)
 
 
 @pytest.fixture(scope="module")
