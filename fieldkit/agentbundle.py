@@ -47,7 +47,7 @@ from fieldkit.errors import ConfigError
 AGENT_FILE = "fieldkit-agent.pyz"
 SERIAL_UNIT = "fieldkit-agent@.service"
 RECOVER_UNIT = "fieldkit-agent-recover.service"
-MIN_DEVICE_PYTHON = (3, 9)  # the agent parses as Python 3.9 (tests check it; the SSH link asks for >= 3.9)
+MIN_DEVICE_PYTHON = (3, 6)  # the agent runs on Python 3.6 (tests run it under 3.6..3.13; the SSH link asks for >= 3.6)
 _MARKER = "fieldkit agent bundle"
 
 
@@ -94,6 +94,8 @@ Conflicts=serial-getty@%i.service
 [Service]
 Type=simple
 Environment=FIELDKIT_BAUD=115200
+# The agent restarts its own unit when `fieldkit agent upgrade` replaced it.
+Environment=FIELDKIT_AGENT_UNIT=%n
 EnvironmentFile=-/etc/fieldkit/agent.env
 ExecStart=/usr/local/bin/fieldkit-agent serve --serial /dev/%I --baud ${{FIELDKIT_BAUD}} --root /
 Restart=always
@@ -101,10 +103,10 @@ RestartSec=2
 # Files the agent writes stay writable for the fieldkit group (technicians' SSH sessions).
 UMask=0002
 # The agent writes models, staging and its journal under /var/lib/fieldkit, the release keys
-# (fieldkit anchors) under /etc/fieldkit/trust and operator keys under /etc/fieldkit/operators;
-# everything else of /usr, /boot and /etc is read-only.
+# (fieldkit anchors) under /etc/fieldkit/trust, operator keys under /etc/fieldkit/operators and
+# itself (fieldkit agent upgrade) under /usr/local/lib/fieldkit; the rest of /usr, /boot and /etc is read-only.
 ProtectSystem=full
-ReadWritePaths=-/etc/fieldkit -/var/lib/fieldkit
+ReadWritePaths=-/etc/fieldkit -/var/lib/fieldkit -/usr/local/lib/fieldkit
 NoNewPrivileges=yes
 
 [Install]
@@ -116,7 +118,8 @@ def recover_unit(inference_service: str) -> str:
     return f"""\
 # At boot, before the inference service starts, finish or undo any model activation that a crash or
 # power loss interrupted ({_MARKER}), so the service starts on a complete, verified, committed model.
-# Installed by install.sh as /etc/systemd/system/{RECOVER_UNIT} and enabled.
+# Installed by install.sh as /etc/systemd/system/{RECOVER_UNIT} and enabled. An upgrade of the
+# installed agent (fieldkit agent upgrade) that no agent is trying any more is undone too.
 # It does not restart services itself (the inference service has not started yet at this point).
 [Unit]
 Description=fieldkit: recover interrupted model activations
@@ -131,7 +134,7 @@ ExecStart=/usr/local/bin/fieldkit-agent recover --root /
 RemainAfterExit=yes
 UMask=0002
 ProtectSystem=full
-ReadWritePaths=-/etc/fieldkit -/var/lib/fieldkit
+ReadWritePaths=-/etc/fieldkit -/var/lib/fieldkit -/usr/local/lib/fieldkit
 NoNewPrivileges=yes
 
 [Install]

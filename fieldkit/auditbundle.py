@@ -35,10 +35,13 @@ def export_bundle(journal: Journal, out: Path, *, progress: Callable[[int, int],
                   cancel: threading.Event | None = None) -> dict:
     """Write the bundle to ``out`` (atomically: a temporary file renamed when complete).
 
-    Signs a fresh checkpoint of the head (kept in the journal too). Returns a summary."""
+    Signs a fresh checkpoint of the head (kept in the journal too). Returns a summary. The folder
+    ``out`` goes in must exist: a mistyped USB path (``/media/usb0/...`` for ``/media/usb/...``)
+    is a ConfigError (exit 2), never a copy of the journal quietly left on the local disk."""
+    out = Path(out)
+    check_export_path(out)
     head = journal.checkpoint(witness="export")
     status = journal.status()
-    out = Path(out)
     header = {"format": FORMAT, "journal_id": journal.journal_id, "operator": status["operator"],
               "public_key_pem": journal.public_key_pem, "key_fingerprint": journal.key_fingerprint,
               "exported_at": utc_now()}
@@ -66,6 +69,18 @@ def export_bundle(journal: Journal, out: Path, *, progress: Callable[[int, int],
     return {"path": str(out), "journal_id": journal.journal_id, "entries": head.seq, "head": head.to_json(),
             "key_fingerprint": journal.key_fingerprint, "device_journals": len(devices),
             "bytes": out.stat().st_size}
+
+
+def check_export_path(out: Path) -> None:
+    """ConfigError unless ``out`` can be a new file in an existing folder (nothing is created)."""
+    parent = out.parent
+    if not parent.is_dir():
+        what = "is not a folder" if parent.exists() else "does not exist"
+        raise ConfigError(f"cannot export to {out}: the folder {parent} {what}; nothing was written",
+                          hint="check the path (is the USB stick mounted?) or create the folder first")
+    if out.is_dir():
+        raise ConfigError(f"cannot export to {out}: it is a folder; nothing was written",
+                          hint=f"name a file in it, e.g. {out / 'audit-bundle.json'}")
 
 
 def _row_json(row: tuple) -> dict:
@@ -125,3 +140,32 @@ def _json_row(e: Any) -> tuple:
         raise ValueError("an entry is not an object")
     return (int(e["seq"]), str(e["time"]), str(e["operator"]), str(e["device"]), str(e["action"]),
             str(e["outcome"]), canonical_text(e["details"]), str(e["prev"]), str(e["hash"]), str(e["sig"]))
+
+
+REMOVABLE_ROOTS = ("/media", "/run/media", "/mnt")
+"""Where desktops (udisks: /media/USER/LABEL, /run/media/USER/LABEL) and technicians (/mnt/usb) mount
+USB sticks."""
+
+
+def removable_mounts(mounts_file: str = "/proc/mounts") -> list[Path]:
+    """Mounted file systems under :data:`REMOVABLE_ROOTS` this user may write to: where the TUI offers
+    to export (a technician carries the bundle out on a stick). Empty when there is none."""
+    import os
+    import re
+
+    try:
+        text = Path(mounts_file).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    found = set()
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 2:
+            continue
+        mount = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[1])  # \040 is a space
+        if mount in REMOVABLE_ROOTS or not any(mount.startswith(root + "/") for root in REMOVABLE_ROOTS):
+            continue
+        path = Path(mount)
+        if path.is_dir() and os.access(path, os.W_OK):
+            found.add(path)
+    return sorted(found)

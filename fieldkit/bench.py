@@ -42,6 +42,7 @@ from pydantic import (
 
 from fieldkit.benchreport import DEFAULT_METRIC, BenchReport, Verdict, new_report_id, verdict
 from fieldkit.errors import Cancelled, ConfigError, DeviceError
+from fieldkit.textfmt import TransferMeter
 
 ProgressFn = Callable[[dict], None]
 
@@ -295,12 +296,13 @@ def _push_cached(link: Any, local: Path, suffix: str, cache: str, *, what: str, 
         return {"device_path": dest, "sha256": sha, "size_bytes": size, "uploaded": False}
     partial = st.partial_size or 0
     offset = partial if 0 < partial < size else 0
-    _emit(progress, phase="upload", what=what, bytes_done=offset, bytes_total=size,
+    meter = TransferMeter(size, offset)  # rate over the last seconds, ETA from it
+    _emit(progress, phase="upload", what=what, **meter.fields(),
           message=f"uploading {local.name} to the bench cache" + (f" (resuming at {offset} bytes)" if offset else ""))
 
     def on_bytes(done: int, total: int) -> None:
-        _emit(progress, phase="upload", what=what, bytes_done=done, bytes_total=total,
-              message=f"uploading {local.name}")
+        if meter.update(done):
+            _emit(progress, phase="upload", what=what, **meter.fields(), message=f"uploading {local.name}")
 
     timeout = max(120.0, size / (256 * 1024))  # a slow serial line still finishes
     link.upload(local, dest, size=size, sha256=sha, offset=offset, progress=on_bytes, cancel=cancel, timeout=timeout)

@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from fieldkit import wire
-from fieldkit.errors import Cancelled, DeviceError, HostKeyError
-from fieldkit.inventory import get_device
-from fieldkit.journal import Journal, WitnessReport
+from fieldkit.errors import Cancelled, ConfigError, DeviceError, HostKeyError
+from fieldkit.inventory import get_device, load_inventory
+from fieldkit.journal import Journal, OperationRecord, WitnessReport
 from fieldkit.link.client import DeviceLink
 from fieldkit.link.connect import open_link
+from fieldkit.link.sshconfig import names_a_host
 from fieldkit.link.targets import SshTarget, parse_target
 from fieldkit.locations import Home
 from fieldkit.profiles import DEFAULT_PROFILE, Profile, get_profile
@@ -64,13 +65,38 @@ class ResolvedDevice:
 def resolve(spec: str, home: Home, profile: str | None = None) -> ResolvedDevice:
     """Inventory name first, then a target string (``ssh://``, ``serial://``, ``local:``, alias).
 
-    ``profile`` overrides the inventory's profile (``--profile``). ConfigError for a bad target or
-    an unknown profile."""
+    A bare word that is neither an inventory name nor a host the SSH config or /etc/hosts knows
+    (:func:`fieldkit.link.sshconfig.names_a_host`) is refused as a device name not in the inventory,
+    with the names close to it, before any DNS lookup; ``ssh://WORD`` reaches such a host anyway.
+    ``profile`` overrides the inventory's profile (``--profile``). ConfigError for a bad target, an
+    unknown name or an unknown profile."""
     dev = get_device(home, spec)
     if dev is not None:
         return ResolvedDevice(dev.name, dev.target, get_profile(profile or dev.profile, home))
+    if not names_a_host(spec):
+        raise not_in_inventory(spec, home)
     target = parse_target(spec)
     return ResolvedDevice(str(target), str(target), get_profile(profile or DEFAULT_PROFILE, home))
+
+
+def not_in_inventory(name: str, home: Home) -> ConfigError:
+    """``name`` is no device of the inventory: say so first, with the names close to it."""
+    from difflib import get_close_matches
+
+    names = [d.name for d in load_inventory(home)]
+    if not names:
+        return ConfigError(f'"{name}" is not in the inventory: the inventory is empty',
+                           hint="add the device with `fieldkit devices add NAME TARGET` "
+                                "(or try simulated ones with `fieldkit demo`)")
+    near = get_close_matches(name, names, n=3, cutoff=0.6)
+    also = f"; did you mean {' or '.join(near)}?" if near else f" (which has {_listed(names)})"
+    return ConfigError(f'"{name}" is not in the inventory{also}',
+                       hint=f"`fieldkit devices list` shows the inventory; to reach a host named {name} "
+                            f"anyway, write ssh://{name}")
+
+
+def _listed(names: list[str], limit: int = 8) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 class DeviceSession:
@@ -96,6 +122,8 @@ class DeviceSession:
         self._lock = threading.Lock()
         self._running = 0  # journaled operations in flight: they still record after close()
         self._closing = False
+        self._identity: wire.IdentityResult | None = None
+        self._identity_lock = threading.Lock()
 
     # ---- what the services use -------------------------------------------------------------------
     @property
@@ -121,6 +149,15 @@ class DeviceSession:
 
     def supports(self, op: str) -> bool:
         return op in self.hello.ops
+
+    def identity(self, *, timeout: float | None = 15.0) -> wire.IdentityResult | None:
+        """What hardware the device is (the agent's ``identity``), asked once per session and kept;
+        None from an agent older than the operation. A refusal or an unusable answer is a
+        DeviceError like any other call's (and is asked again next time)."""
+        with self._identity_lock:
+            if self._identity is None and self.supports("identity"):
+                self._identity = self.call("identity", timeout=timeout)
+            return self._identity
 
     def call(self, op: str, args: dict | None = None, *, timeout: float | None = 60.0,
              on_event: Callable[[Any], None] | None = None, cancel: threading.Event | None = None,
@@ -169,6 +206,14 @@ class DeviceSession:
     def closed(self) -> bool:
         return self.link.closed
 
+    @property
+    def idle(self) -> bool:
+        """Nothing runs over this session now: no journaled operation, no call waiting for its answer
+        (a long-lived session may then be handed over, e.g. a serial port another command asks for)."""
+        with self._lock:
+            running = self._running
+        return running == 0 and self.link.in_flight == 0
+
     def close(self, reason: str = "closed by fieldkit") -> None:
         self.link.close(reason)
         with self._lock:
@@ -188,11 +233,13 @@ class DeviceSession:
 
 def open_session(dev: ResolvedDevice | str, home: Home, *, journal: Journal | None = None,
                  profile: str | None = None, timeout: float = 15.0, dead_after_s: float = 6.0,
-                 witness: bool = True) -> DeviceSession:
+                 witness: bool = True, record_failure: bool = True) -> DeviceSession:
     """Resolve, connect, record the connect, and witness the device's journal.
 
     ``journal``: the operator journal to record in (callers working on many devices share one);
-    without it the session opens its own and closes it with itself. Raises ConnectError /
+    without it the session opens its own and closes it with itself. ``record_failure=False`` records
+    only a connect that succeeds: a watcher retrying a device that is down (fieldkit.fleetwatch)
+    journals the outage once, not every attempt. Raises ConnectError /
     HostKeyError (exit 3), DeviceError (exit 4) for an agent that answers nonsense, and
     IdentityMissing (exit 2) when there is no operator identity — before touching the device."""
     owns = journal is None
@@ -201,7 +248,8 @@ def open_session(dev: ResolvedDevice | str, home: Home, *, journal: Journal | No
     try:
         if isinstance(dev, str):
             dev = resolve(dev, home, profile)
-        with journal.operation(dev.name, "connect", {"target": dev.target, "profile": dev.profile.name}) as op:
+        with _connect_record(journal, dev.name, {"target": dev.target, "profile": dev.profile.name},
+                             record_failure) as op:
             link = open_link(dev.target, name=dev.name, home=home, timeout=timeout, dead_after_s=dead_after_s,
                              python_candidates=dev.profile.transport.python, become=dev.profile.transport.become)
             try:
@@ -232,6 +280,18 @@ def open_session(dev: ResolvedDevice | str, home: Home, *, journal: Journal | No
     return session
 
 
+@contextmanager
+def _connect_record(journal: Journal, device: str, details: dict, record_failure: bool) -> Iterator[Any]:
+    """``journal.operation`` for the connect; without ``record_failure`` a failure is not recorded."""
+    if record_failure:
+        with journal.operation(device, "connect", details) as op:
+            yield op
+        return
+    op = OperationRecord(dict(details))
+    yield op
+    journal.record(device, "connect", op.outcome, op.details)
+
+
 # ---- serial: the agent's version, the operator's authentication ----------------------------------------
 def _version_key(text: str | None) -> tuple[int, ...] | None:
     m = re.match(r"^\s*v?(\d+)\.(\d+)(?:\.(\d+))?", text or "")
@@ -249,7 +309,7 @@ def check_agent_version(session: DeviceSession) -> str | None:
     if have is None or want is None or have >= want:
         return None
     text = (f"{session.name}: its serial agent is version {theirs}, older than this fieldkit's agent {mine}; "
-            f"update it on the device (`fieldkit agent bundle`, then install.sh there)")
+            f"replace it: `fieldkit agent upgrade {session.name}`")
     session.warnings.append(text)
     session.record("agent.outdated", "info", {"agent_version": theirs, "laptop_agent_version": mine,
                                               "transport": session.transport})

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fieldkit.checks import Check, worst
-from fieldkit.errors import FieldkitError
+from fieldkit.errors import DeviceError, FieldkitError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class HealthReport:
             "agent": r.get("agent"),
             "service": r.get("service"),
             "system": {k: r.get(k) for k in ("hostname", "os", "kernel", "machine")},
+            "hardware": r.get("identity"),
         })
         return doc
 
@@ -72,11 +73,54 @@ def _grade(name: str, value: float | None, th: Any, fmt: str, what: str) -> Chec
     return Check(name, "ok", f"{what} {shown} (warn at {fmt.format(th.warn)})", value, limits)
 
 
+def _cpu_check(cpu: dict, th: Any) -> Check:
+    """CPU busy, saying how it was measured: over which window, and how much of it was fieldkit's
+    own work (taken out by agents that report ``excluded_self_percent``; older ones count it)."""
+    c = _grade("cpu", cpu.get("percent"), th, "{:.0f} %", "CPU busy")
+    value = cpu.get("percent")
+    if value is None:
+        return c
+    how = f" over {cpu['window_s']:.2g} s" if cpu.get("window_s") is not None else ""
+    excluded = cpu.get("excluded_self_percent")
+    own = (f"fieldkit's own {excluded:.0f} % excluded" if excluded is not None
+           else "fieldkit's own work included: older agent")
+    head = f"CPU busy {value:.0f} %"
+    if c.status == "ok":
+        c.message = f"{head}{how} ({own}; warn at {th.warn:.0f} %)"
+    else:
+        c.message = f"{head}{how} ({own}) " + c.message[len(head):].lstrip()
+    return c
+
+
+def _hardware_check(raw: dict, profile: Any) -> Check | None:
+    """A warning when the profile was written for other hardware than the device says it is
+    (fieldkit.hardware.mismatch); nothing when it fits or the hardware is not known."""
+    from pydantic import ValidationError
+
+    from fieldkit.hardware import mismatch
+    from fieldkit.wire import IdentityResult
+
+    doc = raw.get("identity")
+    if not isinstance(doc, dict):
+        return None
+    try:
+        ident = IdentityResult.model_validate(doc)
+    except ValidationError:
+        return None
+    text = mismatch(getattr(profile, "name", ""), ident)
+    if text is None:
+        return None
+    return Check("hardware", "warn", text, ident.model)
+
+
 def evaluate(raw: dict, profile: Any, clock_offset_s: float | None) -> list[Check]:
     t = profile.thresholds
     checks: list[Check] = []
+    hardware = _hardware_check(raw, profile)
+    if hardware is not None:  # first: every verdict below is judged by the profile's limits
+        checks.append(hardware)
     cpu = raw.get("cpu") or {}
-    checks.append(_grade("cpu", cpu.get("percent"), t.cpu_percent, "{:.0f} %", "CPU busy"))
+    checks.append(_cpu_check(cpu, t.cpu_percent))
     load = cpu.get("load")
     cores = cpu.get("count") or 1
     checks.append(_grade("load", None if not load else round(load[0] / cores, 2), t.load_per_core,
@@ -185,13 +229,23 @@ def measure(session: Any, *, sample_s: float = 0.25, timeout: float = 30.0,
         "sample_s": sample_s,
     }
     t0 = time.time()
-    m0 = time.monotonic()
     # Measure the clock offset with a quick ping first (health itself takes sample_s).
     ping = session.call("ping", timeout=timeout, cancel=cancel)
-    m1 = time.monotonic()
-    offset = ping.time - (t0 + (m1 - m0) / 2)
-    raw = session.call("health", args, timeout=timeout, cancel=cancel)
-    return raw.model_dump(), offset
+    half_trip = max(0.0, time.time() - t0) / 2
+    offset = ping.time - (t0 + half_trip)
+    if abs(offset) <= half_trip:
+        # The device's clock read falls inside the round trip: no offset this link can resolve (and a
+        # device on this machine's clock reads 0, not the noise of how busy the machine was).
+        offset = 0.0
+    raw = session.call("health", args, timeout=timeout, cancel=cancel).model_dump()
+    try:  # what hardware this is: asked once per session, judged against the profile in evaluate()
+        ident = session.identity(timeout=timeout)
+    except DeviceError as exc:  # the readings stand without it
+        log.debug("identity of %s not usable: %s", session.name, exc)
+        ident = None
+    if ident is not None:
+        raw["identity"] = ident.model_dump()
+    return raw, offset
 
 
 def report_from(device: str, target: str, profile: Any, raw: dict, offset: float | None) -> HealthReport:
@@ -200,6 +254,29 @@ def report_from(device: str, target: str, profile: Any, raw: dict, offset: float
     return HealthReport(device=device, target=target, profile=profile.name, status=status, checks=checks,
                         raw=raw, clock_offset_s=None if offset is None else round(offset, 3),
                         exit_code=1 if status == "crit" else 0)
+
+
+RECORD_MODES = ("always", "changes", "never")
+
+
+def check_session(session: Any, *, profile: Any = None, sample_s: float = 0.25, timeout: float = 15.0,
+                  cancel: Any = None, record: str = "always", last_status: str | None = None) -> HealthReport:
+    """Measure and judge over an open session, and journal it as ``record`` says.
+
+    ``record="always"``: this check is an entry (a one-shot ``fieldkit health``). ``"changes"``: only
+    when the status differs from ``last_status`` (None: the first sample), with the previous status —
+    the fleet and ``--watch`` keep sessions open for hours, and the journal should hold each change
+    and its reason, not every sample. ``"never"``: the caller journals. ``profile`` overrides the
+    session's (a profile edited while a long-lived session stays open). Raises like ``measure``."""
+    if record not in RECORD_MODES:
+        raise ValueError(f"record must be one of {', '.join(RECORD_MODES)}, not {record!r}")
+    raw, offset = measure(session, sample_s=sample_s, timeout=timeout, cancel=cancel)
+    report = report_from(session.name, session.target, profile or session.profile, raw, offset)
+    if record == "always":
+        record_health(session, report)
+    elif record == "changes" and report.status != last_status:
+        record_health(session, report, previous=last_status or "none")
+    return report
 
 
 def check_device(spec: str, home: Any, *, sample_s: float = 0.25, timeout: float = 15.0,
@@ -211,18 +288,15 @@ def check_device(spec: str, home: Any, *, sample_s: float = 0.25, timeout: float
 
     try:
         with open_session(spec, home, journal=journal, profile=profile, timeout=timeout) as session:
-            raw, offset = measure(session, sample_s=sample_s, timeout=timeout)
-            report = report_from(session.name, session.target, session.profile, raw, offset)
-            record_health(session, report)
-            return report
+            return check_session(session, sample_s=sample_s, timeout=timeout)
     except FieldkitError as exc:
-        return _failed_report(spec, home, profile, exc, exc.exit_code)
+        return failed_report(spec, home, profile, exc, exc.exit_code)
     except Exception as exc:  # a fault of fieldkit's: this device's report says so, the others go on
         log.debug("health check of %s failed", spec, exc_info=True)
-        return _failed_report(spec, home, profile, exc, 4)
+        return failed_report(spec, home, profile, exc, 4)
 
 
-def _failed_report(spec: str, home: Any, profile: str | None, exc: Exception, exit_code: int) -> HealthReport:
+def failed_report(spec: str, home: Any, profile: str | None, exc: Exception, exit_code: int) -> HealthReport:
     from fieldkit.devices import resolve
 
     try:
@@ -236,13 +310,17 @@ def _failed_report(spec: str, home: Any, profile: str | None, exc: Exception, ex
                         exception=exc if isinstance(exc, FieldkitError) else None)
 
 
-def record_health(session: Any, report: HealthReport) -> None:
-    """Write a health check to the operator journal of the session it was measured through."""
-    session.record("health.check", "ok", {
+def record_health(session: Any, report: HealthReport, previous: str | None = None) -> None:
+    """Write a health check to the operator journal of the session it was measured through;
+    ``previous``: the status it changed from (sessions that journal changes only)."""
+    details = {
         "status": report.status, "profile": report.profile,
         "problems": [f"{c.name}: {c.message}" for c in report.checks if c.status in ("warn", "crit")],
         "clock_offset_s": report.clock_offset_s,
-    })
+    }
+    if previous is not None:
+        details["previous"] = previous
+    session.record("health.check", "ok", details)
 
 
 def check_many(specs: list[str], home: Any, *, max_workers: int = 8, **kw: Any) -> list[HealthReport]:

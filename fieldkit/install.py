@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fieldkit.errors import Cancelled, CheckFailed, ConfigError, DeviceError, FieldkitError
+from fieldkit.textfmt import TransferMeter
 
 ProgressFn = Callable[[dict], None]
 RESULTS = ("committed", "reverted", "refused", "failed")
@@ -229,26 +230,26 @@ def _transfer(session: Any, rel: Any, stages: _Stages, cancel: threading.Event |
     opened = session.call("stage_open", {"name": rel.name, "version": rel.version, "digest": rel.digest})
     total = sum(f.size for f in rel.files)
     done = 0  # bytes of the release on the device (whole files and resumed parts included)
-    sent_run = 0  # bytes sent by this run: the rate and the ETA
-    t0 = time.monotonic()
+    plan = []
     for f in rel.files:
         have = opened.files.get(f.name)
         if have is not None and have.size == f.size:
             done += f.size  # already whole on the device: it re-hashes everything when placing
             continue
         offset = have.partial_size if have is not None and 0 < have.partial_size < f.size else 0
+        done += offset
+        plan.append((f, offset))
+    meter = TransferMeter(total, done)  # rate over the last seconds of this run, ETA from it
+    for f, offset in plan:
+        base = done - offset  # release bytes before this file
 
-        def on_bytes(pos: int, size: int, base: int = done, offset: int = offset, name: str = f.name) -> None:
-            moved = sent_run + (pos - offset)
-            rate = moved / max(time.monotonic() - t0, 1e-6)
-            left = total - base - pos
-            stages.emit(stage="transfer", file=name, bytes_done=base + pos, bytes_total=total, rate_bps=rate,
-                        eta_s=left / rate if rate > 0 else None, message=f"copying {name}")
+        def on_bytes(pos: int, size: int, base: int = base, name: str = f.name) -> None:
+            if meter.update(base + pos) or pos == size:  # and each file's end
+                stages.emit(stage="transfer", file=name, **meter.fields(), message=f"copying {name}")
 
         session.upload(rel.directory / f.name, f"{opened.dir.rstrip('/')}/{f.name}", size=f.size, sha256=f.sha256,
                        offset=offset, progress=on_bytes, cancel=cancel, timeout=max(120.0, f.size / (64 * 1024)))
-        sent_run += f.size - offset
-        done += f.size
+        done += f.size - offset
     return opened.stage
 
 

@@ -32,7 +32,8 @@ from typing import Any, Iterator
 from fieldkit.errors import ConfigError
 from fieldkit.fsutil import atomic_write
 from fieldkit.locations import Home
-from fieldkit.profiles import DEFAULT_PROFILE, NAME_PATTERN, get_profile, read_toml
+from fieldkit.names import DEFAULT_PROFILE, NAME_PATTERN
+from fieldkit.tomlfile import read_toml
 
 __all__ = [
     "RESERVED_DEVICE_NAMES",
@@ -43,6 +44,7 @@ __all__ = [
     "load_inventory",
     "remove_device",
     "ssh_config_candidates",
+    "target_warning",
     "validate_device_name",
     "validate_group_name",
 ]
@@ -338,6 +340,8 @@ def add_device(
     home = home or Home.current()
     validate_device_name(name)
     _check_target(name, target)
+    from fieldkit.profiles import get_profile  # the profile models: only when a device is added
+
     get_profile(profile, home)  # unknown profile -> ConfigError listing the available ones
     device = Device(name=name, target=target, profile=profile, notes=notes, groups=_clean_groups(groups))
     home.ensure()
@@ -356,6 +360,25 @@ def add_device(
             devices.append(device)
         atomic_write(home.inventory, _render(devices))
     return device
+
+
+def target_warning(target: str) -> str | None:
+    """What to tell the technician about a target that is valid but most likely not what was meant:
+    a bare word that no ``Host`` of the SSH config and no line of /etc/hosts names (``devices add x
+    notatarget``). It is kept (DNS or a later ~/.ssh/config entry may still make it a host), and the
+    technician is told how it will be used. None for every other target."""
+    from fieldkit.link.sshconfig import names_a_host, ssh_config_path
+
+    try:
+        if names_a_host(target):
+            return None
+    except ConfigError:
+        return None  # not a target at all: add_device refuses it with the accepted forms
+    return (f'target "{target}" is not ssh://, serial://, local: or user@host, and no Host in '
+            f"{ssh_config_path()} (nor /etc/hosts) names it: fieldkit will ask DNS for a host called "
+            f'"{target}" when it connects. If it is an SSH alias, add a Host {target} block to '
+            f"{ssh_config_path()}; otherwise give the target as ssh://[user@]host[:port], "
+            "serial:///dev/ttyUSB0?baud=115200 or local:[/path] (`fieldkit devices add NAME TARGET --replace`)")
 
 
 def devices_in_group(home: Home | None, group: str) -> list[Device]:

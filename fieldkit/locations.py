@@ -83,3 +83,15 @@ class Home:
     def journal_db(self) -> Path:
         """The operator journal (SQLite, WAL, append-only, hash-chained, signed)."""
         return self.root / "journal.db"
+
+    @property
+    def journal_mark(self) -> Path:
+        """Where the last passing verification of the journal stopped (seq, hash): the audit screen
+        checks only what came after it (JSON, not signed; losing it costs one full verification)."""
+        return self.root / "journal.db.verified"
+
+    @property
+    def run_dir(self) -> Path:
+        """Run-time records of this laptop's fieldkit processes: who holds which serial port, and
+        requests to let go of one (``run/serial/``)."""
+        return self.root / "run"

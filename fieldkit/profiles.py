@@ -29,13 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from fieldkit.errors import ConfigError
 from fieldkit.locations import Home
 
-try:  # Python 3.11+
-    import tomllib as _toml
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    try:
-        import tomli as _toml  # type: ignore[no-redef]
-    except ModuleNotFoundError:
-        _toml = None  # type: ignore[assignment]
+from fieldkit.names import DEFAULT_PROFILE, NAME_PATTERN
+from fieldkit.tomlfile import read_toml
 
 __all__ = [
     "DEFAULT_PROFILE",
@@ -58,11 +53,6 @@ __all__ = [
     "load_profile_file",
     "read_toml",
 ]
-
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-"""Profile names (and device names in the inventory): letters, digits, ``.``, ``_``, ``-``; 1-63 chars."""
-
-DEFAULT_PROFILE = "generic-linux"
 
 _UNIT_PATTERN = re.compile(r"[A-Za-z0-9:_.@\\-]+\.service")
 
@@ -142,7 +132,7 @@ class TransportDefaults(_Strict):
     python: list[str] = Field(
         default_factory=lambda: ["python3", "/usr/bin/python3", "/usr/local/bin/python3"],
         min_length=1,
-        description="Interpreters tried on the device to run the agent, in order (Python >= 3.9).",
+        description="Interpreters tried on the device to run the agent, in order (Python >= 3.6).",
     )
     become: Literal["sudo"] | None = Field(
         None, description='Over SSH, start the agent with `sudo -n` (never prompts): for a login user that may '
@@ -436,54 +426,6 @@ def _problem_lines(source: str, exc: ValidationError) -> list[str]:
 
 # --------------------------------------------------------------------------------------------------
 # Loading
-
-
-_TOML_POS = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
-_TOML_EOF = re.compile(r"\s*\(at end of document\)\s*$")
-
-
-def _require_toml() -> Any:
-    if _toml is None:  # pragma: no cover - Python 3.10 without tomli
-        raise ConfigError(
-            "reading TOML needs Python 3.11+ (tomllib) or the 'tomli' package on Python 3.10",
-            hint="run fieldkit with Python 3.11 or newer, or `pip install tomli`",
-        )
-    return _toml
-
-
-def read_toml(path: Path | str) -> dict[str, Any]:
-    """Parse a TOML file; any failure is a ConfigError naming the file (and line, for syntax)."""
-    toml = _require_toml()
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as UTF-8") from None
-    try:
-        return toml.loads(text)
-    except toml.TOMLDecodeError as e:
-        msg = str(getattr(e, "msg", None) or e)
-        m = _TOML_POS.search(msg)
-        lineno = getattr(e, "lineno", None)
-        colno = getattr(e, "colno", None)
-        if m:
-            lineno, colno = int(m.group(1)), int(m.group(2))
-            msg = msg[: m.start()]
-        msg = _TOML_EOF.sub("", msg)
-        if lineno:
-            src = text.splitlines()[lineno - 1] if lineno <= len(text.splitlines()) else ""
-            raise ConfigError(
-                f"{path}: line {lineno}, column {colno}: invalid TOML: {msg}",
-                hint=f"line {lineno} reads: {src.strip()}" if src.strip() else None,
-            ) from None
-        raise ConfigError(f"{path}: invalid TOML at end of file: {msg}") from None
 
 
 def load_profile_file(path: Path | str) -> Profile:

@@ -32,23 +32,43 @@ APP = [
 
 FLEET = [
     Action("fleet.open", "enter", "open_device", "Open", "Live health of the selected device", priority=True),
-    Action("fleet.refresh", "r", "refresh", "Refresh", "Check every device now"),
+    Action("fleet.why", "w", "why", "Why", "The selected device's whole problem: every failing check, "
+           "or the full connection error"),
+    Action("fleet.refresh", "r", "refresh", "Refresh", "Check every device now", show=False),  # it polls itself
     Action("fleet.filter", "slash", "filter", "Filter", "Show only devices matching text", key_display="/"),
     Action("fleet.add", "a", "add_device", "Add", "Add a device to the inventory"),
-    Action("fleet.remove", "x", "remove_device", "Remove", "Remove the selected device from the inventory"),
-    Action("fleet.trust", "t", "trust_device", "Trust", "Check and pin the selected device's SSH host key"),
+    Action("fleet.scan", "s", "scan", "Scan",
+           "Find devices on serial ports and by mDNS; Enter on one adds it, prefilled"),
+    Action("fleet.remove", "x", "remove_device", "Remove", "Remove the selected device from the inventory",
+           show=False),  # rare and not undone by a key: in ? and the palette, not the footer
+    Action("fleet.trust", "t", "trust_device", "Trust", "Check and pin the selected device's SSH host key",
+           show=False),  # an unknown key asks by itself
     Action("fleet.audit", "A", "audit", "Audit", "The operator journal: entries, verify, export, sync"),
     Action("fleet.checklist", "c", "checklist", "Checklist",
            "Run a checklist on the selected device, or resume its stopped run"),
     Action("fleet.clear_filter", "escape", "clear_filter", "Clear filter", "Show all devices again", show=False),
+    Action("fleet.bench", "b", "bench", "Bench", "Benchmark a model on the selected device", show=False),
+    Action("fleet.models", "m", "models", "Models",
+           "The selected device's installed models: install a release, roll back, verify", show=False),
+]
+
+SCAN = [
+    Action("scan.back", "escape", "cancel_or_back", "Cancel/Back",
+           "Stop the scan (ports close within a second), or go back to the fleet"),
+    Action("scan.add", "enter", "add", "Add", "Add the selected device: its target and suggested profile "
+           "prefilled", priority=True),
+    Action("scan.again", "r", "rescan", "Scan again", "Scan serial ports and mDNS again"),
 ]
 
 DEVICE = [
     Action("device.back", "escape", "back", "Back", "Stop polling, close the link and return to the fleet"),
+    Action("device.detail", "enter", "check_detail", "Detail",
+           "The selected check in full: its whole message, the value and the limits", priority=True),
+    Action("device.info", "i", "info", "Info", "The device's system, runtime and agent details in full"),
     Action("device.pause", "space", "toggle_pause", "Pause", "Pause or resume live polling"),
-    Action("device.refresh", "r", "poll_now", "Refresh", "Poll the device now"),
-    Action("device.faster", "plus", "faster", "Faster", "Poll more often", key_display="+"),
-    Action("device.slower", "minus", "slower", "Slower", "Poll less often", key_display="-"),
+    Action("device.refresh", "r", "poll_now", "Refresh", "Poll the device now", show=False),
+    Action("device.faster", "plus", "faster", "Faster", "Poll more often", key_display="+", show=False),
+    Action("device.slower", "minus", "slower", "Slower", "Poll less often", key_display="-", show=False),
     Action("device.bench", "b", "bench", "Bench", "Benchmark a model on this device"),
     Action("device.models", "m", "models", "Models", "Installed models: install a release, roll back, verify"),
     Action("device.checklist", "c", "checklist", "Checklist",
@@ -79,8 +99,12 @@ RELEASE_PICKER = [
 
 AUDIT = [
     Action("audit.back", "escape", "cancel_or_back", "Cancel/Back", "Cancel the running export or sync, or go back"),
-    Action("audit.verify", "v", "verify", "Verify", "Check the hash chain, signatures and checkpoints"),
-    Action("audit.export", "e", "export", "Export", "Write a self-contained verifiable bundle file"),
+    Action("audit.detail", "enter", "entry_detail", "Detail", "The selected entry in full: every field and "
+           "all its details"),
+    Action("audit.verify", "v", "verify", "Verify all", "Check every entry's hash and signature, the checkpoints "
+           "and the device journals (on opening, only the entries added since the last verification are checked)"),
+    Action("audit.export", "e", "export", "Export", "Write a self-contained verifiable bundle: choose where "
+           "(a mounted USB stick is offered first)"),
     Action("audit.sync", "s", "sync", "Sync", "Send pending entries to the receiver URL"),
     Action("audit.reload", "r", "reload_entries", "Reload", "Read the journal again"),
 ]

@@ -20,28 +20,45 @@ class FieldkitApp(App[None]):
     CSS_PATH = "fieldkit.tcss"
     TITLE = "fieldkit"
     BINDINGS = bindings(APP)
+    # Screen classes by width: -narrow below 100 columns (an 80x24 laptop terminal), -wide to 139,
+    # -very-wide from 140; side panels and second form rows follow them in fieldkit.tcss
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide"), (140, "-very-wide")]
 
     def __init__(self, home: Any, *, fleet_refresh_s: float = 10.0, ready_marker: Path | None = None,
-                 site_manifest: Any = None) -> None:
+                 site_manifest: Any = None, clock: Callable[[], float] | None = None) -> None:
         """``site_manifest``: a verified :class:`fieldkit.manifest.Manifest`; None loads the one remembered
-        in the home (``fieldkit --manifest``), verified again (see :meth:`load_site_manifest`)."""
+        in the home (``fieldkit --manifest``), verified again (see :meth:`load_site_manifest`).
+        ``clock``: the wall clock times of day on screen come from (snapshot tests fix it)."""
         super().__init__()
+        self.clock = clock or time.time
         self.home = home
         self.site_manifest = site_manifest
         self.fleet_refresh_s = fleet_refresh_s
         self.ready_marker = ready_marker
         self._started = time.monotonic()
 
-    def on_mount(self) -> None:
+    def get_default_screen(self) -> Screen:
+        """The fleet is the first screen itself, not pushed over an empty default one: one screen less
+        to build and lay out before the devices show (docs/performance.md)."""
         from screens.fleet import FleetScreen
 
+        if self.site_manifest is None and self.home.site_manifest.exists():
+            self.site_manifest = self.load_site_manifest()  # none remembered: its code is not even imported
+        return FleetScreen(self.home, refresh_s=self.fleet_refresh_s, manifest=self.site_manifest)
+
+    def on_mount(self) -> None:
+        from screens.styles import tilde
+
+        self.sub_title = tilde(self.home.root)
+        # The journal (and its signing code) is opened once the fleet's rows are on the terminal (two
+        # refreshes: see FleetScreen.on_mount): a cold start shows the devices first (docs/performance.md).
+        self.call_after_refresh(self.call_after_refresh, self.check_identity)
+
+    def check_identity(self) -> None:
+        """No operator identity yet: ask for one (every device operation is signed by it)."""
         from fieldkit.errors import FieldkitError
         from fieldkit.journal import IdentityMissing, load_identity
 
-        self.sub_title = str(self.home.root)
-        if self.site_manifest is None:
-            self.site_manifest = self.load_site_manifest()
-        self.push_screen(FleetScreen(self.home, refresh_s=self.fleet_refresh_s, manifest=self.site_manifest))
         try:
             load_identity(self.home)
         except IdentityMissing:
@@ -87,6 +104,10 @@ class FieldkitApp(App[None]):
         self.ready_marker.write_text(f"{time.time():.6f}\n")
         self.exit()
 
+    def clock_text(self, ts: float | None = None) -> str:
+        """A time of day as the screens show it (local time): ``ts``, or now by the app's clock."""
+        return time.strftime("%H:%M:%S", time.localtime(self.clock() if ts is None else ts))
+
     # ---- help and the command palette, both from the live bindings --------------------------------
     def _screen_actions(self, screen: Screen) -> list[tuple[str, str, str, str, Any]]:
         rows = []
@@ -109,11 +130,20 @@ class FieldkitApp(App[None]):
         self.push_screen(HelpModal(screen.title or screen.id or "fieldkit", rows))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """The screen's actions (naming the device they act on, when the screen says), then Textual's
+        own commands less the ones this app already offers (one "Quit", not two)."""
+        ours = set()
+        subject = getattr(screen, "palette_subject", None)
         for key, desc, tip, action, node in self._screen_actions(screen):
             if action in ("command_palette",):
                 continue
-            yield SystemCommand(f"{desc} ({key})", tip or desc, partial(self.run_action, action, node))
-        yield from super().get_system_commands(screen)
+            ours.add(desc.casefold())
+            on = subject(action) if subject is not None else None
+            title = f"{desc} {on} ({key})" if on else f"{desc} ({key})"
+            yield SystemCommand(title, tip or desc, partial(self.run_action, action, node))
+        for command in super().get_system_commands(screen):
+            if command.title.casefold() not in ours:
+                yield command
 
     # ---- host keys: one place for the trust dialogs ------------------------------------------------
     def ask_host_key(self, device: str, target: str, exc: Any, on_trusted: Callable[[], None] | None = None) -> None:

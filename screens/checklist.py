@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
+from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
@@ -20,12 +21,16 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 from textual.worker import Worker, WorkerState
 
 from screens.actions import CHECKLIST, bindings
+from screens.columns import Col, FitTable
 
 ICONS = {"pending": "[dim]·[/]", "running": "[bold cyan]▶[/]", "passed": "[green]✓[/]", "failed": "[red]✗[/]",
          "skipped": "[dim]–[/]", "stopped": "[yellow]■[/]"}
 # the runner's step statuses shown as the screen's six
 SHOWN = {"started": "running", "interrupted": "stopped", "unanswered": "stopped"}
 RESUMABLE = ("stopped", "unfinished")
+COLUMNS = [Col("name", "Checklist", rank=0, min_width=10), Col("steps", "Steps", rank=3),
+           Col("needs", "Needs", rank=2, min_width=8), Col("source", "From", rank=4),
+           Col("title", "Title", rank=1, min_width=16, flex=True)]
 
 
 # ---- messages: the workers post these, the handlers below own the state ---------------------------
@@ -94,11 +99,7 @@ class ChecklistScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(f"{self.device}: reading checklists…", id="cl-banner", classes="connecting")
-        table: DataTable = DataTable(id="checklists", cursor_type="row", zebra_stripes=True)
-        for key, label in (("name", "Checklist"), ("steps", "Steps"), ("needs", "Needs"), ("source", "From"),
-                           ("title", "Title")):
-            table.add_column(label, key=key)
-        yield table
+        yield FitTable(COLUMNS, id="checklists", cursor_type="row", zebra_stripes=True)
         yield Input(placeholder="model name (this checklist needs one)", id="cl-model", classes="hidden")
         with Vertical(id="cl-run", classes="hidden"):
             yield Static("", id="cl-title")
@@ -109,7 +110,7 @@ class ChecklistScreen(Screen):
                     yield Static("", id="cl-progress")
                     yield Input(placeholder="note (optional), Enter to keep it, then y / n", id="cl-note",
                                 classes="hidden")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.sub_title = f"checklist · {self.device}"
@@ -158,7 +159,7 @@ class ChecklistScreen(Screen):
         for d in message.checklists:
             cl = d["checklist"]
             if cl is None:
-                table.add_row(d["name"], "-", "-", d["source"], f"[red]INVALID: {d['error'][:60]}[/]", key=d["name"])
+                table.add_row(d["name"], "-", "-", d["source"], f"[red]INVALID: {escape(d['error'])}[/]", key=d["name"])
             else:
                 table.add_row(d["name"], str(len(cl.steps)), ", ".join(cl.needs) or "-", d["source"], cl.title,
                               key=d["name"])

@@ -16,10 +16,18 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Sparkline, Static
 
 from screens.actions import DEVICE, bindings
+from screens.sparkline import FixedSparkline
+from screens.columns import Col, FitTable, plain
 from screens.styles import STATUS_STYLE
+
+CHECK_COLUMNS = [Col("name", "Check", rank=0, min_width=8), Col("status", "Status", rank=0),
+                 Col("detail", "Detail", rank=1, min_width=16, flex=True)]
+"""The detail is what a technician reads: it gets the room (the info panel gives way below 100
+columns, `i` shows it), is cut at a word boundary, and Enter on a check shows all of it."""
 
 INTERVALS = [0.5, 1.0, 2.0, 5.0, 10.0, 30.0]
 BACKOFF = [1.0, 2.0, 4.0, 8.0, 15.0]
+TEMP_FLOOR_C = 20.0  # the bottom of the temperature sparkline: a room, not absolute zero
 
 
 class Sample(Message):
@@ -38,11 +46,15 @@ class DeviceScreen(Screen):
     BINDINGS = bindings(DEVICE)
     AUTO_FOCUS = "#checks"
 
-    def __init__(self, home: Any, name: str, interval: float = 2.0) -> None:
+    def __init__(self, home: Any, name: str, interval: float = 2.0, *, watch: Any = None) -> None:
+        """``watch``: the fleet's :class:`fieldkit.fleetwatch.FleetWatch`; polls go over its open
+        session to the device (a serial port takes one) and it journals the changes."""
         super().__init__(id="device")
         self.home = home
         self.device = name
         self.interval = interval
+        self.watch = watch
+        self.held = False
         self.paused = False
         self.session: Any = None  # fieldkit.devices.DeviceSession while connected
         self.dev: Any = None
@@ -57,6 +69,8 @@ class DeviceScreen(Screen):
         self.polling = False
         self.suspended = False
         self.recorded_status: str | None = None
+        self.checks: dict[str, Any] = {}  # check name -> the last Check (Enter shows it whole)
+        self.info_lines: list[str] = []  # the info panel's lines (markup), `i` shows them
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=True)
@@ -65,18 +79,19 @@ class DeviceScreen(Screen):
             for key, label in (("cpu", "CPU %"), ("mem", "Memory %"), ("temp", "Hottest °C")):
                 with Vertical(classes="spark-box"):
                     yield Static(label, id=f"{key}-label", classes="spark-label")
-                    yield Sparkline([], id=f"{key}-spark", summary_function=max)
+                    # fixed scales: 0-100 % (a steady 2 % stays low), °C from 20 to the profile's critical
+                    yield FixedSparkline([], id=f"{key}-spark", summary_function=max,
+                                         low=TEMP_FLOOR_C if key == "temp" else 0.0, high=100.0)
         with Horizontal(id="body"):
-            table: DataTable = DataTable(id="checks", cursor_type="row", zebra_stripes=True)
-            table.add_column("Check", key="name")
-            table.add_column("Status", key="status")
-            table.add_column("Detail", key="detail")
-            yield table
+            yield FitTable(CHECK_COLUMNS, id="checks", cursor_type="row", zebra_stripes=True)
             yield Static("", id="info")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.sub_title = self.device
+        if self.watch is not None:  # polled from here while open: the fleet leaves it to this screen
+            self.watch.hold(self.device)
+            self.held = True
         self.poll()
 
     # ---- polling: one worker at a time, re-armed after each completes ----------------------------
@@ -108,22 +123,30 @@ class DeviceScreen(Screen):
     def poll_worker(self) -> None:
         from fieldkit.errors import FieldkitError
         from fieldkit.devices import open_session, resolve
-        from fieldkit.health import measure, record_health, report_from
+        from fieldkit.health import check_session
 
         try:
             if self.dev is None:
                 self.dev = resolve(self.device, self.home)
+            if self.watch is not None:  # the fleet's session, reconnected and journaled by the watch
+                report = self.watch.poll(self.device, force=True, cancel=self.stop_event)
+                self.session = self.watch.session(self.device)
+                if report.error is None:
+                    self.post_message(Sample(report))
+                    return
+                delay = BACKOFF[min(self.failures, len(BACKOFF) - 1)]
+                self.post_message(LinkDown(report.error.splitlines()[0], report.exception, delay))
+                return
             if self.session is None or self.session.closed:
                 self.session = open_session(self.dev, self.home, timeout=10.0, dead_after_s=5.0)
-            raw, offset = measure(self.session, timeout=10.0, cancel=self.stop_event)
-            report = report_from(self.dev.name, self.dev.target, self.dev.profile, raw, offset)
-            if report.status != self.recorded_status:  # journal the first sample and every change
-                record_health(self.session, report)
-                self.recorded_status = report.status
+            report = check_session(self.session, profile=self.dev.profile, timeout=10.0, cancel=self.stop_event,
+                                   record="changes", last_status=self.recorded_status)  # the first and every change
+            self.recorded_status = report.status
             self.post_message(Sample(report))
         except FieldkitError as exc:
             if self.session is not None:
-                self.session.close()
+                if self.watch is None:  # the watch's session is the fleet's: the watch decides
+                    self.session.close()
                 self.session = None
             delay = BACKOFF[min(self.failures, len(BACKOFF) - 1)]
             self.post_message(LinkDown(str(exc).splitlines()[0], exc, delay))
@@ -135,13 +158,13 @@ class DeviceScreen(Screen):
             return
         r = message.report
         was_down = not self.connected and self.failures > 0
-        self.connected, self.failures, self.last_ok = True, 0, time.time()
+        self.connected, self.failures, self.last_ok = True, 0, self.app.clock()
         self.remove_class("stale")
         banner = self.query_one("#banner", Static)
         banner.set_classes("ok" if r.status == "ok" else r.status)
         state = "paused" if self.paused else f"every {self.interval:g} s"
         banner.update(f"{self.device}  {STATUS_STYLE.get(r.status, r.status)}   {r.target}   "
-                      f"updated {time.strftime('%H:%M:%S')} ({state})")
+                      f"updated {self.app.clock_text()} ({state})")
         if was_down:
             self.notify(f"{self.device} is back", title="Reconnected")
         raw = r.raw
@@ -152,7 +175,10 @@ class DeviceScreen(Screen):
                                         ("temp", self.temp, max(temps) if temps else None, "Hottest {:.1f} °C")):
             if value is not None:
                 series.append(value)
-                self.query_one(f"#{key}-spark", Sparkline).data = list(series)
+                spark = self.query_one(f"#{key}-spark", Sparkline)
+                if key == "temp" and self.dev is not None:
+                    spark.high = self.dev.profile.thresholds.temperature_c.crit  # full height: critical
+                spark.data = list(series)
                 self.query_one(f"#{key}-label", Static).update(fmt.format(value))
             elif key == "temp":
                 self.query_one("#temp-label", Static).update("Temperature: not available")
@@ -162,7 +188,10 @@ class DeviceScreen(Screen):
             self.schedule(self.interval)
 
     def update_checks(self, checks: list[Any]) -> None:
-        table = self.query_one("#checks", DataTable)
+        from rich.markup import escape
+
+        table = self.query_one("#checks", FitTable)
+        self.checks = {c.name: c for c in checks}
         with self.app.batch_update():
             seen = set()
             for c in checks:
@@ -170,9 +199,9 @@ class DeviceScreen(Screen):
                 status = STATUS_STYLE.get(c.status, f"[dim]{c.status}[/]")
                 if c.name in table.rows:
                     table.update_cell(c.name, "status", status)
-                    table.update_cell(c.name, "detail", c.message, update_width=True)
+                    table.update_cell(c.name, "detail", escape(c.message))
                 else:
-                    table.add_row(c.name, status, c.message, key=c.name)
+                    table.add_row(escape(c.name), status, escape(c.message), key=c.name)
             for key in [k for k in table.rows if str(k.value) not in seen]:
                 table.remove_row(key)
 
@@ -203,6 +232,7 @@ class DeviceScreen(Screen):
         ]
         if svc:
             lines.append(f"service {svc.get('unit')}: {svc.get('state')}")
+        self.info_lines = lines
         self.query_one("#info", Static).update("\n".join(lines))
 
     @on(LinkDown)
@@ -217,7 +247,7 @@ class DeviceScreen(Screen):
         self.add_class("stale")
         banner = self.query_one("#banner", Static)
         banner.set_classes("down")
-        since = (f"values below are from {time.strftime('%H:%M:%S', time.localtime(self.last_ok))}"
+        since = (f"values below are from {self.app.clock_text(self.last_ok)}"
                  if self.last_ok else "no values yet")
         if isinstance(message.exc, HostKeyError):
             banner.update(f"{self.device}: NOT CONNECTED — host key not trusted")
@@ -233,21 +263,55 @@ class DeviceScreen(Screen):
         self.schedule(0.01)
 
     # ---- actions ------------------------------------------------------------------------------------
+    @on(DataTable.RowSelected, "#checks")
+    def action_check_detail(self) -> None:
+        """The selected check in full: its whole message, the value and the profile's limits."""
+        from screens.modals import DetailModal
+
+        name = self.query_one("#checks", FitTable).selected_key()
+        check = self.checks.get(name) if name else None
+        if check is None:
+            return
+        fields = [("Check", check.name), ("Status", plain(STATUS_STYLE.get(check.status, check.status)))]
+        if check.value is not None:
+            fields.append(("Value", str(check.value)))
+        if isinstance(check.limit, dict) and check.limit:
+            fields.append(("Limits", ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}"
+                                               for k, v in check.limit.items())))
+        elif check.limit is not None:
+            fields.append(("Limit", str(check.limit)))
+        fields.append(("Profile", self.dev.profile.name if self.dev else "-"))
+        self.app.push_screen(DetailModal(f"{self.device} · check {check.name}", fields, check.message))
+
+    def action_info(self) -> None:
+        """The info panel's text in a view of its own (on a narrow terminal the panel is not shown)."""
+        from screens.modals import DetailModal
+
+        body = "\n".join(plain(line) for line in self.info_lines) or "No reading yet."
+        self.app.push_screen(DetailModal(f"{self.device} · system", body=body))
+
     def action_back(self) -> None:
         self.stop_event.set()
         if self._timer is not None:
             self._timer.stop()
         session, self.session = self.session, None
-        if session is not None:
+        if session is not None and self.watch is None:
             threading.Thread(target=session.close, daemon=True).start()
-        self.notify(f"stopped polling {self.device}; link closed, nothing left running on the device",
+        self.unhold()
+        self.notify(f"stopped polling {self.device}; link closed, nothing left running on the device"
+                    if self.watch is None else f"stopped polling {self.device} here; the fleet watches it again",
                     timeout=3)
         self.app.pop_screen()
+
+    def unhold(self) -> None:
+        if self.held:
+            self.held = False
+            self.watch.unhold(self.device)
 
     def action_bench(self) -> None:
         from screens.bench import BenchScreen
 
-        self.app.push_screen(BenchScreen(self.home, self.device))
+        self.app.push_screen(BenchScreen(self.home, self.device, session_of=lambda: self.session))
 
     def action_models(self) -> None:
         from screens.models import ModelsScreen
@@ -287,6 +351,8 @@ class DeviceScreen(Screen):
 
     def on_unmount(self) -> None:
         self.stop_event.set()
+        self.unhold()
         if self.session is not None:
             session, self.session = self.session, None
-            threading.Thread(target=session.close, daemon=True).start()
+            if self.watch is None:  # the watch's session stays open for the fleet
+                threading.Thread(target=session.close, daemon=True).start()

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,19 +11,27 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input, Static
+from textual.containers import Horizontal
+from textual.widgets import DataTable, Footer, Header, Input, Label, Static
 
 from screens.actions import FLEET, bindings
-from screens.models import ModelsListed, active_summary
+from screens.columns import Col, FitTable, plain
+from screens.modelslisted import ModelsListed, active_summary
 from screens.styles import STATUS_STYLE
 
-COLUMNS = [("device", "Device"), ("transport", "Link"), ("profile", "Profile"), ("status", "Health"),
-           ("model", "Model"), ("cpu", "CPU"), ("mem", "Mem"), ("temp", "Temp"), ("agent", "Agent"),
-           ("seen", "Last seen"), ("note", "Note")]
+COLUMNS = [Col("device", "Device", rank=0, min_width=8), Col("transport", "Link", rank=8),
+           Col("profile", "Profile", rank=9, min_width=8), Col("status", "Health", rank=0),
+           Col("model", "Model", rank=6, min_width=8), Col("cpu", "CPU", rank=2), Col("mem", "Mem", rank=5),
+           Col("temp", "Temp", rank=4), Col("agent", "Agent", rank=7), Col("seen", "Last seen", rank=3),
+           Col("note", "Note", rank=1, min_width=24, flex=True)]
+"""Name, health and the reason stay on the smallest terminal; the rest gives way in rank order
+(screens.columns). ``w`` shows a device's whole problem."""
+DEVICE_ACTIONS = ("open_device", "why", "bench", "models", "checklist", "remove_device", "trust_device")
+"""Actions on the selected device: the command palette names it, and they are greyed out without one."""
 MODELS_EVERY = 6
-"""The model column costs a second connection per device (health does not list models), so it is
-read every MODELS_EVERY-th refresh (60 s at the default 10 s), only for devices that answered the
-health check and only while the fleet is on screen; the Models screen updates it on every change.
+"""The model column costs another request per device (health does not list models), so it is read
+over the device's open session every MODELS_EVERY-th poll it answered (60 s at the default 10 s),
+only while the fleet is on screen; the Models screen updates it on every change.
 With a site manifest loaded, the same listing is held against it (fieldkit.versions.compare_device) and
 the cell is coloured by the status: no further connection."""
 
@@ -72,10 +79,6 @@ def version_cell(status: str, models: list[Any], listed: list[dict] | None) -> s
     return f"[{VERSION_STYLE.get(first.status, 'dim')}]{escape(text)}[/]{more}"
 
 
-class RefreshDone(Message):
-    pass
-
-
 def transport_of(target: str) -> str:
     if target.startswith("serial:"):
         return "serial"
@@ -99,25 +102,30 @@ class FleetScreen(Screen):
         self.rows: dict[str, Row] = {}
         self.filter_text = ""
         self.alerted: set[str] = set()  # devices whose host-key dialog was already shown
-        self._timer: Any = None
-        self.refreshing = False
-        self.again = False
+        self.watch: Any = None  # fieldkit.fleetwatch.FleetWatch: one open session per device, started after the first paint
+        self.starting = False
         self.models_every = max(1, models_every)
-        self.rounds = 0  # refreshes so far: every models_every-th one also lists models
+        self.polled: dict[str, int] = {}  # answered polls per device: every models_every-th one also lists models
+        self.reports: dict[str, Any] = {}  # device -> its last HealthReport (the `w` detail view)
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=True)
-        yield Input(placeholder="filter devices (Esc clears)", id="filter", classes="hidden", disabled=True)
-        table: DataTable = DataTable(id="devices", cursor_type="row", zebra_stripes=True)
-        for key, label in COLUMNS:
-            table.add_column(label, key=key)
-        yield table
+        yield FitTable(COLUMNS, id="devices", cursor_type="row", zebra_stripes=True)
+        # under the table, above the status line: the title bar stays readable while filtering
+        with Horizontal(id="filter-bar", classes="hidden"):
+            yield Label("Filter /", id="filter-label")
+            yield Input(placeholder="name, target, profile or link (Enter keeps it, Esc clears)",
+                        id="filter", disabled=True, compact=True)
         yield Static("", id="fleet-status")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.load_inventory()
-        self.action_refresh()
+        # The first poll loads the link code and the journal (a worker thread, but one that holds the
+        # interpreter while it imports): only once the rows are on the terminal, i.e. after the refresh
+        # that draws them and the next one, by which time the driver's writer has sent the frame
+        # (docs/performance.md).
+        self.call_after_refresh(self.call_after_refresh, self.action_refresh)
 
     # ---- inventory -------------------------------------------------------------------------------
     def load_inventory(self) -> None:
@@ -140,6 +148,8 @@ class FleetScreen(Screen):
         for gone in set(self.rows) - names:
             del self.rows[gone]
         self.rebuild_table()
+        if self.watch is not None:
+            self.watch.track(list(self.rows))  # a removed device's session closes
 
     def visible(self, row: Row) -> bool:
         f = self.filter_text.lower()
@@ -167,58 +177,48 @@ class FleetScreen(Screen):
         return f" · manifest {name}, signed by {m.signer}"
 
     def cells_for(self, row: Row) -> list[str]:
-        base = {"device": row.name, "transport": row.transport, "profile": row.profile}
-        return [base.get(k) or row.cells.get(k, "") for k, _ in COLUMNS]
+        base = {"device": escape(row.name), "transport": row.transport, "profile": escape(row.profile)}
+        return [base.get(c.key) or row.cells.get(c.key, "") for c in COLUMNS]
 
-    # ---- refresh ----------------------------------------------------------------------------------
+    # ---- refresh: fieldkit.fleetwatch polls every device over one open session ---------------------
     def action_refresh(self) -> None:
-        if self._timer is not None:
-            self._timer.stop()
-            self._timer = None
-        if self.refreshing:
-            self.again = True  # asked during a refresh (e.g. a key was just trusted): run once more
+        """Poll every device now (and reconnect those waiting out a backoff); the watch then polls
+        each one every ``refresh_s`` by itself, and journals only what changes."""
+        if self.watch is None:
+            if not self.starting:
+                self.starting = True
+                self.start_watch()
             return
-        self.refreshing = True
-        self.again = False
-        with_models = self.rounds % self.models_every == 0
-        self.rounds += 1
-        self.refresh_all(list(self.rows), with_models)
+        self.watch.track(list(self.rows))
+        self.watch.poll_now()
 
-    @work(thread=True, exclusive=True, group="fleet-refresh")
-    def refresh_all(self, names: list[str], with_models: bool = False) -> None:
-        from fieldkit.health import check_device
+    @work(thread=True, exclusive=True, group="fleet-watch")
+    def start_watch(self) -> None:
+        """Off the UI thread: the link code and the journal load after the fleet is painted."""
+        from fieldkit.fleetwatch import FleetWatch
 
-        answered = []
-        if names:
-            with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
-                futures = [pool.submit(check_device, n, self.home, timeout=10.0) for n in names]
-                for fut in as_completed(futures):
-                    try:
-                        report = fut.result()
-                        self.post_message(DeviceChecked(report))
-                        if report.status != "unreachable" and report.error is None:
-                            answered.append(report.device)
-                    except Exception as exc:  # a core bug must not kill the refresh loop
-                        self.app.call_from_thread(self.notify, f"health check failed: {exc}", severity="error")
-        if with_models and answered:
-            # after the health checks, never beside them: a serial port takes one session at a time
-            with ThreadPoolExecutor(max_workers=min(4, len(answered))) as pool:
-                for _ in pool.map(self.list_models_of, answered):
-                    pass
-        self.post_message(RefreshDone())
+        watch = FleetWatch(self.home, interval=self.refresh_s, timeout=10.0,
+                           on_report=lambda report: self.post_message(DeviceChecked(report)))
+        watch.track(list(self.rows))
+        self.watch = watch.start()
 
+    def on_unmount(self) -> None:
+        watch, self.watch = self.watch, None
+        if watch is not None:  # close every session (bounded), without holding the UI
+            threading.Thread(target=watch.close, name="fleetwatch-close").start()
+
+    @work(thread=True, group="fleet-models")
     def list_models_of(self, name: str) -> None:
-        """In the refresh worker's pool: one more connection to read what is installed."""
-        from fieldkit.devices import open_session
+        """Read what is installed, over the device's open session."""
         from fieldkit.errors import FieldkitError
         from fieldkit.modelstore import list_models
 
-        if not self.is_current:
-            return  # a device or models screen is open: it owns the link now
+        session = self.watch.session(name) if self.watch is not None else None
+        if session is None:
+            return
         try:
-            with open_session(name, self.home, timeout=10.0) as session:
-                listed = list_models(session)["models"]
-                agent = session.hello.agent_version
+            listed = list_models(session)["models"]
+            agent = session.hello.agent_version
             self.post_message(FleetModelsListed(name, listed, versions=self.versions_of(name, listed, agent)))
         except FieldkitError as exc:
             self.post_message(ModelsListed(name, None, exc))
@@ -259,11 +259,6 @@ class FleetScreen(Screen):
         if row.name in table.rows:  # the row key is the device name
             table.update_cell(row.name, "model", row.cells["model"], update_width=True)
 
-    @on(RefreshDone)
-    def _refresh_done(self) -> None:
-        self.refreshing = False
-        self._timer = self.set_timer(0.01 if self.again else self.refresh_s, self.action_refresh)
-
     @on(DeviceChecked)
     def _device_checked(self, message: DeviceChecked) -> None:
         r = message.report
@@ -289,9 +284,12 @@ class FleetScreen(Screen):
             cells["mem"] = "-" if mem is None else f"{mem:.0f} %"
             cells["temp"] = f"{max(temps):.0f} °C" if temps else "n/a"
             cells["agent"] = (raw.get("agent") or {}).get("version", "")
-            cells["seen"] = time.strftime("%H:%M:%S", time.localtime(r.measured_at))
+            cells["seen"] = self.app.clock_text()  # when this laptop heard from it (the app's clock)
             bad = [c for c in r.checks if c.status in ("warn", "crit")]
             cells["note"] = _first_line(bad[0].message) if bad else ""
+            polled = self.polled[r.device] = self.polled.get(r.device, 0) + 1
+            if (polled - 1) % self.models_every == 0 and self.is_current:
+                self.list_models_of(r.device)  # over the same session; other screens own it while open
         table = self.query_one("#devices", DataTable)
         if r.device in table.rows:
             with self.app.batch_update():
@@ -317,9 +315,50 @@ class FleetScreen(Screen):
         return str(key.value)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("open_device", "remove_device", "trust_device", "checklist"):
+        if action in DEVICE_ACTIONS:
             return None if self.selected() is None else True  # greyed out with no selection
         return True
+
+    def palette_subject(self, action: str) -> str | None:
+        """The command palette says which device an action would act on ("Bench press-1")."""
+        return self.selected() if action in DEVICE_ACTIONS else None
+
+    @on(DeviceChecked)
+    def _remember_report(self, message: DeviceChecked) -> None:
+        self.reports[message.report.device] = message.report
+
+    def action_why(self) -> None:
+        """The selected device's whole story: every problem, not the first line of the first one."""
+        name = self.selected()
+        if name is None:
+            return
+        from screens.modals import DetailModal
+
+        row, report = self.rows.get(name), self.reports.get(name)
+        table = self.query_one("#devices", FitTable)
+        fields = [f for f in table.row_fields(name) if f[0] != "Note" and f[1]]
+        if row is not None:
+            fields.insert(1, ("Target", row.target))
+        self.app.push_screen(DetailModal(f"{name}: {plain(row.cells.get('status', '')) if row else ''}",
+                                         fields, why_text(report)))
+
+    def action_bench(self) -> None:
+        name = self.selected()
+        if name is not None:
+            from screens.bench import BenchScreen
+
+            self.app.push_screen(BenchScreen(self.home, name, session_of=lambda: self.session_of(name)))
+
+    def action_models(self) -> None:
+        name = self.selected()
+        if name is not None:
+            from screens.models import ModelsScreen
+
+            self.app.push_screen(ModelsScreen(self.home, name, borrow=lambda: self.session_of(name)))
+
+    def session_of(self, name: str) -> Any:
+        """The fleet's open session to ``name`` (lent to the screens it opens: a serial port takes one)."""
+        return self.watch.session(name) if self.watch is not None else None
 
     @on(DataTable.RowSelected, "#devices")
     def action_open_device(self) -> None:
@@ -328,12 +367,12 @@ class FleetScreen(Screen):
             return
         from screens.device import DeviceScreen
 
-        self.app.push_screen(DeviceScreen(self.home, name))
+        self.app.push_screen(DeviceScreen(self.home, name, watch=self.watch))
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
         box.disabled = False
-        box.remove_class("hidden")
+        self.query_one("#filter-bar").remove_class("hidden")
         box.focus()
 
     @on(Input.Changed, "#filter")
@@ -348,7 +387,7 @@ class FleetScreen(Screen):
     def action_clear_filter(self) -> None:
         box = self.query_one("#filter", Input)
         box.value = ""
-        box.add_class("hidden")
+        self.query_one("#filter-bar").add_class("hidden")
         box.disabled = True
         self.filter_text = ""
         self.rebuild_table()
@@ -367,6 +406,18 @@ class FleetScreen(Screen):
                 self.action_refresh()
 
         self.app.push_screen(AddDeviceModal(self.home, names), added)
+
+    def action_scan(self) -> None:
+        """Find devices on serial ports and by mDNS (screens/scan.py); one added there joins the fleet."""
+        from screens.scan import ScanScreen
+
+        def scanned(dev: Any) -> None:
+            if dev is not None:
+                self.notify(f"added {dev.name} → {dev.target} ({dev.profile})", title="Inventory")
+                self.load_inventory()
+                self.action_refresh()
+
+        self.app.push_screen(ScanScreen(self.home), scanned)
 
     def action_remove_device(self) -> None:
         name = self.selected()
@@ -402,7 +453,7 @@ class FleetScreen(Screen):
             return
         from screens.checklist import ChecklistScreen
 
-        self.app.push_screen(ChecklistScreen(self.home, name))
+        self.app.push_screen(ChecklistScreen(self.home, name, session_of=lambda: self.session_of(name)))
 
     def action_trust_device(self) -> None:
         name = self.selected()
@@ -417,6 +468,21 @@ def _agent(row: Row) -> str | None:
     return text if text and not text.startswith("[") else None
 
 
-def _first_line(text: str, limit: int = 70) -> str:
+def _first_line(text: str, limit: int = 300) -> str:
+    """The first line, whole (the Note column cuts it at a word boundary to the width it has; ``w``
+    shows everything), escaped for the table's markup."""
     line = text.strip().splitlines()[0] if text.strip() else ""
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    return escape(line if len(line) <= limit else line[: limit - 1] + "…")
+
+
+def why_text(report: Any) -> str:
+    """What is wrong with a device, in full: the error of an unreachable one (every line of it, hint
+    included), each check that is not ok, or that all is well."""
+    if report is None:
+        return "Not checked yet: the first health check of this device has not finished."
+    if report.error:
+        return report.error.strip()
+    bad = [c for c in report.checks if c.status in ("crit", "warn")]
+    if not bad:
+        return "Every check is ok."
+    return "\n".join(f"{c.status.upper():4}  {c.name}: {c.message}" for c in sorted(bad, key=lambda c: c.status != "crit"))

@@ -1,4 +1,5 @@
-"""Modal dialogs: host-key trust, changed host key, confirmation, add device, help, release picker."""
+"""Modal dialogs: host-key trust, changed host key, confirmation, add device, help, the whole text of a
+row (DetailModal), release picker."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.suggester import Suggester
-from textual.widgets import Button, DataTable, DirectoryTree, Input, Label, Select, Static
+from textual.widgets import Button, DataTable, DirectoryTree, Input, Label, Static
 
 from screens.actions import RELEASE_PICKER, RESUME, bindings
 
@@ -136,22 +137,81 @@ class AddDeviceModal(ModalScreen[Any]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="add.cancel", tooltip="Close without saving")]
 
-    def __init__(self, home: Any, profiles: list[str]) -> None:
+    def __init__(self, home: Any, profiles: list[str], *, name: str = "", target: str = "",
+                 profile: str | None = None, note: str = "") -> None:
+        """``name``, ``target``, ``profile`` prefill the form (the fleet's Scan: Enter saves it as found);
+        ``note`` says where they came from."""
         super().__init__(classes="dialog-screen")
         self.home = home
         self.profiles = profiles
+        self.prefill = (name, target, profile if profile in profiles else None, note)
+        self.about: dict[str, str] = {}  # profile name -> its description, beside the list
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
+        from textual.widgets import OptionList
+        from textual.widgets.option_list import Option
+
+        name, target, profile, note = self.prefill
+        with Vertical(id="dialog", classes="add-device"):
             yield Label("Add a device", classes="title")
-            yield Input(placeholder="name, e.g. line3-cam", id="name")
-            yield Input(placeholder="target: ssh://user@10.0.0.7, serial:///dev/ttyUSB0?baud=115200, local:", id="target")
-            yield Select([(p, p) for p in self.profiles], value="generic-linux" if "generic-linux" in self.profiles
-                         else self.profiles[0], allow_blank=False, id="profile")
+            if note:
+                yield Static(note, classes="explain", id="add-note")
+            with Horizontal(classes="field"):
+                yield Label("Name", classes="field-label")
+                yield Input(name, placeholder="e.g. line3-cam", id="name")
+            with Horizontal(classes="field"):
+                yield Label("Target", classes="field-label")
+                yield Input(target, placeholder="ssh://user@host · serial:///dev/ttyUSB0?baud=115200 · local:",
+                            id="target")
+            # A list in the form, not a dropdown: nothing unfolds over the buttons below it
+            with Horizontal(id="profile-row"):
+                yield Label("Profile", classes="field-label")
+                yield OptionList(*[Option(p, id=p) for p in self.profiles], id="profile")
+                yield Static("", id="profile-about")
             yield Static("", id="error", classes="error")
             with Horizontal(classes="buttons"):
-                yield Button("Save", id="save", variant="success")
+                yield Button("Save (Enter)", id="save", variant="success")
                 yield Button("Cancel (Esc)", id="cancel")
+
+    def on_mount(self) -> None:
+        from textual.widgets import OptionList
+
+        _, _, profile, _ = self.prefill
+        default = profile or ("generic-linux" if "generic-linux" in self.profiles else None)
+        box = self.query_one("#profile", OptionList)
+        if self.profiles:
+            box.highlighted = self.profiles.index(default) if default in self.profiles else 0
+        self.about = self.describe_profiles()
+        self.show_about()
+
+    def describe_profiles(self) -> dict[str, str]:
+        from fieldkit.errors import FieldkitError
+        from fieldkit.profiles import list_profiles
+
+        try:
+            return {p.name: p.description or "" for p in list_profiles(self.home) if not p.error}
+        except (FieldkitError, OSError):
+            return {}
+
+    @property
+    def chosen_profile(self) -> str:
+        """The highlighted profile (arrows move it; Enter on the list saves)."""
+        from textual.widgets import OptionList
+
+        box = self.query_one("#profile", OptionList)
+        if box.highlighted is None:
+            return "generic-linux"
+        return str(box.get_option_at_index(box.highlighted).id)
+
+    def show_about(self) -> None:
+        if self.profiles:
+            self.query_one("#profile-about", Static).update(self.about.get(self.chosen_profile, ""))
+
+    def on_option_list_option_highlighted(self) -> None:
+        self.show_about()
+
+    def on_option_list_option_selected(self) -> None:
+        self.save()
 
     @on(Input.Submitted)
     @on(Button.Pressed, "#save")
@@ -161,7 +221,7 @@ class AddDeviceModal(ModalScreen[Any]):
 
         name = self.query_one("#name", Input).value.strip()
         target = self.query_one("#target", Input).value.strip()
-        profile = str(self.query_one("#profile", Select).value)
+        profile = self.chosen_profile
         try:
             dev = add_device(self.home, name, target, profile=profile)
         except FieldkitError as exc:
@@ -194,6 +254,56 @@ class HelpModal(ModalScreen[None]):
             yield table
             yield Static("Ctrl+P opens the command palette with the same actions.", classes="explain")
 
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class DetailModal(ModalScreen[None]):
+    """The whole text behind one row (a check, a fleet device's problem, an audit entry), which a
+    table cell on a small terminal can only show cut. ``fields``: (label, value) pairs, plain text;
+    ``body``: plain text below them (several lines). Esc/Enter closes, c copies it (for a ticket)."""
+
+    BINDINGS = [Binding("escape,enter,q", "close", "Close", id="detail.close", tooltip="Close this view"),
+                Binding("c", "copy", "Copy", id="detail.copy", tooltip="Copy the text to the clipboard (OSC 52)")]
+
+    def __init__(self, title: str, fields: Iterable[tuple[str, str]] = (), body: str = "") -> None:
+        super().__init__(classes="dialog-screen")
+        self.title_text = title
+        self.fields = [(str(k), str(v)) for k, v in fields]
+        self.body = body
+
+    def compose(self) -> ComposeResult:
+        from rich.table import Table
+        from rich.text import Text
+        from textual.containers import VerticalScroll
+
+        with Vertical(id="dialog", classes="detail"):
+            yield Label(Text(self.title_text), classes="title")
+            with VerticalScroll(id="detail-scroll"):
+                if self.fields:
+                    grid = Table.grid(padding=(0, 2))
+                    grid.add_column(style="bold", no_wrap=True)
+                    grid.add_column(overflow="fold")
+                    for label, value in self.fields:
+                        grid.add_row(label, Text(value))
+                    yield Static(grid, id="detail-fields")
+                if self.body:
+                    yield Static(Text(self.body), id="detail-body")
+            with Horizontal(classes="buttons"):
+                yield Button("Copy (c)", id="copy")
+                yield Button("Close (Esc)", id="close", variant="primary")
+
+    def text(self) -> str:
+        """Everything shown, as plain text."""
+        lines = [self.title_text] + [f"{k}: {v}" for k, v in self.fields]
+        return "\n".join(lines + ([self.body] if self.body else []))
+
+    @on(Button.Pressed, "#copy")
+    def action_copy(self) -> None:
+        self.app.copy_to_clipboard(self.text())
+        self.notify("copied (your terminal must allow OSC 52)", timeout=3)
+
+    @on(Button.Pressed, "#close")
     def action_close(self) -> None:
         self.dismiss(None)
 

@@ -19,9 +19,14 @@ from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
 from textual.worker import Worker, WorkerState
 
 from screens.actions import MODELS, bindings
+from screens.columns import Col, FitTable
+from screens.modelslisted import ModelsListed
 
-COLUMNS = [("name", "Model"), ("active", "Active"), ("previous", "Prev"), ("installed", "Installed"),
-           ("floor", "Floor"), ("state", "State"), ("signer", "Signer"), ("verified", "Verified")]
+COLUMNS = [Col("name", "Model", rank=0, min_width=8), Col("active", "Active", rank=0), Col("previous", "Prev", rank=3),
+           Col("installed", "Installed", rank=5, min_width=8), Col("floor", "Floor", rank=4),
+           Col("state", "State", rank=1), Col("signer", "Signer", rank=6),
+           Col("verified", "Verified", rank=2, min_width=10, flex=True)]
+"""What runs and whether it is sound stay on a small terminal; history and the signer give way."""
 
 INSTALL_STAGES = ["verify", "transfer", "place", "activate", "smoke", "commit"]
 ROLLBACK_STAGES = ["activate", "smoke", "commit"]
@@ -34,15 +39,6 @@ NO_CANCEL = ("activate", "smoke", "commit", "revert")
 
 
 # ---- messages: the workers post these, the handlers below own the state ---------------------------
-class ModelsListed(Message):
-    """What is installed on ``device`` (None with ``error`` when it could not be read). Also sent to
-    the other screens of the stack, so the fleet's model column follows what this screen saw."""
-
-    def __init__(self, device: str, models: list[dict] | None, error: Exception | None = None) -> None:
-        super().__init__()
-        self.device, self.models, self.error = device, models, error
-
-
 class OpProgress(Message):
     def __init__(self, data: dict) -> None:
         super().__init__()
@@ -78,18 +74,6 @@ class Run:
     bytes_total: int = 0
     expected_active: str | None = None
     found_active: str | None = None
-
-
-def active_summary(models: list[dict] | None) -> str:
-    """``defects 2.1.0`` (``+N`` more models); ``-`` for none. The fleet's model column."""
-    if models is None:
-        return ""
-    live = [m for m in models if m.get("active")]
-    if not live:
-        return "-" if not models else f"{models[0]['name']} (none active)"
-    first = live[0]
-    more = f" +{len(live) - 1}" if len(live) > 1 else ""
-    return f"{first['name']} {first['active']}{more}"
 
 
 def short_signer(signer: str | None, width: int = 14) -> str:
@@ -128,10 +112,7 @@ class ModelsScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(f"{self.device}: reading installed models…", id="models-banner", classes="connecting")
-        table: DataTable = DataTable(id="models", cursor_type="row", zebra_stripes=True)
-        for key, label in COLUMNS:
-            table.add_column(label, key=key)
-        yield table
+        yield FitTable(COLUMNS, id="models", cursor_type="row", zebra_stripes=True)
         yield Static("", id="models-note")
         with Vertical(id="op-panel", classes="hidden"):
             yield Static("", id="op-title")
@@ -141,7 +122,7 @@ class ModelsScreen(Screen):
                     yield Static("", id="transfer-label")
                     yield ProgressBar(total=100, show_eta=False, id="transfer-bar")
                     yield Static("", id="op-note")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.sub_title = f"models · {self.device}"
@@ -216,8 +197,8 @@ class ModelsScreen(Screen):
             for m in models:
                 cells = self.cells(m)
                 if m["name"] in table.rows:
-                    for (key, _), value in zip(COLUMNS, cells):
-                        table.update_cell(m["name"], key, value, update_width=True)
+                    for col, value in zip(COLUMNS, cells):
+                        table.update_cell(m["name"], col.key, value)
                 else:
                     table.add_row(*cells, key=m["name"])
             for key in [k for k in table.rows if str(k.value) not in self.models]:
@@ -420,15 +401,10 @@ class ModelsScreen(Screen):
         self.show_run()
 
     def show_transfer(self, done: int, total: int, rate: float | None, eta: float | None) -> None:
-        from fieldkit.textfmt import human_bytes
+        from fieldkit.textfmt import transfer_text
 
         self.query_one("#transfer-bar", ProgressBar).update(total=max(total, 1), progress=done)
-        parts = [f"{human_bytes(done)} / {human_bytes(total)}"]
-        if rate:
-            parts.append(f"{human_bytes(rate)}/s")
-        if eta is not None:
-            parts.append(f"ETA {eta:.0f} s")
-        self.query_one("#transfer-label", Static).update(" · ".join(parts))
+        self.query_one("#transfer-label", Static).update(transfer_text(done, total, rate, eta, percent=False))
 
     @on(OpFinished)
     def _finished(self, message: OpFinished) -> None:

@@ -30,8 +30,15 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+
+NEEDS = ("scripts/make_models.py needs the onnx package, which fieldkit itself does not install: "
+         "pip install -e '.[scripts]' in the fieldkit checkout (or pip install 'onnx>=1.15')")
+try:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+except ImportError:  # after the README's plain install: say what to install, no traceback
+    print(f"error: {NEEDS}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 OPSET = 17
 IR_VERSION = 8  # readable by onnxruntime >= 1.10, which older device images still ship

@@ -17,7 +17,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pytest
+try:
+    import pytest
+except ImportError:  # scripts/bench/ use model_paths() with fieldkit[scripts] installed, without pytest
+    pytest = None  # type: ignore[assignment]
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "make_models.py"
@@ -72,6 +75,7 @@ def model_paths() -> dict[str, Path]:
     return {n: d / f"{n}.onnx" for n in NAMES}
 
 
-@pytest.fixture(scope="session")
-def models() -> dict[str, Path]:
-    return model_paths()
+if pytest is not None:
+    @pytest.fixture(scope="session")
+    def models() -> dict[str, Path]:
+        return model_paths()

@@ -256,6 +256,9 @@ def test_out_of_step_on_serial_ends_that_arq_session_and_the_next_one_is_served(
         deadline = time.monotonic() + 10
         while first.read(65536, timeout=max(0.1, deadline - time.monotonic())):
             pass  # heartbeats until the device ends the session: b"" then
+        # the laptop sees the end before the server thread has recorded it: wait for the record
+        while not ended and time.monotonic() < deadline + 5:
+            time.sleep(0.01)
         assert ended and ended[0].out_of_step
         second = laptop.connect(5)
         writer, reader = FrameWriter(second), FrameReader(second)

@@ -118,8 +118,11 @@ def test_sim_cli_registers_devices_and_health_all_reaches_them(home, tmp_path: P
         devices = json.loads(state.read_text())["devices"]
         assert {d["transport"] for d in devices} == {"ssh", "serial"}
         for d in devices:
-            assert set(d) == {"name", "target", "transport", "root", "host_key_fingerprint"}
+            assert set(d) == {"name", "target", "transport", "root", "host_key_fingerprint", "line"}
             assert (d["host_key_fingerprint"] or "").startswith("SHA256:") == (d["transport"] == "ssh")
+            assert (d["line"] is None) == (d["transport"] == "ssh")  # unthrottled, clean by default:
+            assert d["line"] in (None, {"baud": 115200, "bytes_per_second": None, "line_errors": 0.0,
+                                        "line_seed": None})
         rc, doc, err = _health_json("--all")
         assert rc in (0, 1), err
         by = {d["device"]: d for d in doc["devices"]}

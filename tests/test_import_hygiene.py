@@ -42,3 +42,44 @@ def test_agent_core_is_stdlib_only() -> None:
     third = {m.split(".")[0] for m in mods} & {"psutil", "onnxruntime", "numpy", "cryptography", "paramiko",
                                                  "serial", "pydantic", "textual"}
     assert not third, f"agent core imports {sorted(third)}"
+
+
+def test_tui_first_screen_stays_light(tmp_path) -> None:
+    """`fieldkit` alone: when the fleet's rows go into the table (its first paint), none of what
+    polling devices needs is loaded yet (the link code, the journal's signing, the profile models,
+    the command modules): those load after the rows are on screen (docs/performance.md)."""
+    import os
+
+    env = dict(os.environ, FIELDKIT_HOME=str(tmp_path / "home"))
+    subprocess.run([sys.executable, "-m", "fieldkit", "devices", "add", "cam-1", f"local:{tmp_path}"], env=env,
+                   check=True, capture_output=True, timeout=60)
+    code = """
+import json, sys
+from fieldkit.cli import main
+import screens.app, screens.fleet
+
+first = {}
+rebuild = screens.fleet.FleetScreen.rebuild_table
+def watched(self):
+    rebuild(self)
+    if not first:
+        first["rows"] = self.query_one("#devices").row_count
+        first["modules"] = sorted(sys.modules)
+        self.app.call_later(self.app.exit)
+screens.fleet.FleetScreen.rebuild_table = watched
+run = screens.app.FieldkitApp.run
+screens.app.FieldkitApp.run = lambda self, **kw: run(self, headless=True)
+main([])
+print(json.dumps(first))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    first = json.loads(out.stdout.strip().splitlines()[-1])
+    assert first["rows"] == 1
+    loaded = set(first["modules"])
+    heavy = {m for m in loaded if m.split(".")[0] in ("paramiko", "cryptography", "pydantic", "ecdsa", "numpy",
+                                                      "onnxruntime", "serial", "sqlite3")}
+    ours = {m for m in loaded if m.startswith(("fieldkit.link", "fieldkit.journal", "fieldkit.profiles",
+                                               "fieldkit.devices", "fieldkit.health", "fieldkit.wire", "fieldkit.cli."))
+            and m != "fieldkit.cli.demo"}
+    assert not heavy and not ours, f"loaded before the first paint: {sorted(heavy | ours)}"

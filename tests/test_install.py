@@ -251,7 +251,7 @@ def _bytes_sent(session, release: Path) -> tuple[object, int]:
     sent = []
 
     def progress(ev: dict) -> None:
-        if ev.get("bytes_total") and ev.get("rate_bps") is not None:
+        if ev.get("bytes_total"):  # the first says where the device stood (the rate comes later)
             sent.append(ev)
 
     res = install_release(session, release, progress=progress)

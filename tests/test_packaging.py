@@ -31,7 +31,7 @@ def test_wheel_contains_profiles_agent_and_entry_points(tmp_path: Path) -> None:
                 for p in (ROOT / top).rglob("__init__.py") if "__pycache__" not in p.parts}
     missing = {pkg for pkg in packages if f"{pkg}/__init__.py" not in names}
     assert not missing, f"packages not in the wheel (add them to [tool.setuptools] packages): {sorted(missing)}"
-    for prof in ("generic-linux", "raspberry-pi-5", "jetson-orin-nano", "x86-ipc"):
+    for prof in ("generic-linux", "raspberry-pi-4", "raspberry-pi-5", "jetson-orin-nano", "x86-ipc"):
         assert f"fieldkit/bundled_profiles/{prof}.toml" in names
     assert "fieldkit/agent/server.py" in names and "fieldkit/agent/arq.py" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))

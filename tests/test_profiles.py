@@ -22,7 +22,7 @@ from fieldkit.profiles import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-BUNDLED = ("generic-linux", "jetson-orin-nano", "raspberry-pi-5", "x86-ipc")
+BUNDLED = ("generic-linux", "jetson-orin-nano", "raspberry-pi-4", "raspberry-pi-5", "x86-ipc")
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ AGENT_DIR = Path(__file__).resolve().parent.parent / "fieldkit" / "agent"
 
 
 @pytest.mark.parametrize("path", sorted(AGENT_DIR.glob("*.py")), ids=lambda p: p.name)
-def test_agent_parses_as_python39(path: Path) -> None:
-    ast.parse(path.read_text(), filename=str(path), feature_version=(3, 9))
+def test_agent_parses_as_python36(path: Path) -> None:
+    ast.parse(path.read_text(), filename=str(path), feature_version=(3, 6))
 
 
 def _pipe_pair():

@@ -303,10 +303,4 @@ def test_group_selects_the_devices_of_a_group(home: Home, line, releases) -> Non
         assert active(root) == ("1.0.0" if name in members else None), name
 
 
-# ---- the benchmark runs ----------------------------------------------------------------------------------
-def test_rollout_benchmark_tiny_mode_runs() -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench" / "rollout.py"), "--tiny", "--json"],
-                          capture_output=True, text=True, timeout=600, cwd=str(ROOT))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    doc = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert doc["devices"] == 4 and doc["rollout_s"] > 0 and doc["sequential_s"] > 0 and doc["ratio"] > 0
+# scripts/bench/rollout.py --tiny runs in tests/test_bench_scripts.py (with every other benchmark)

@@ -23,6 +23,11 @@ async def wait_for(pilot, cond: Callable[[], bool], timeout: float = 25.0, what:
         await pilot.pause(0.05)
 
 
+def answered(status: str) -> bool:
+    """The device answered a health check: any verdict counts (a loaded test machine can be CRIT)."""
+    return any(word in status for word in ("ok", "WARN", "CRIT"))
+
+
 def cell(app, device: str, column: str) -> str:
     table = app.screen.query_one("#devices", DataTable)
     return str(table.get_cell(device, column))
@@ -94,7 +99,7 @@ async def test_unknown_host_asks_and_accepting_lets_the_connection_through(home,
         assert dev.host_key_fingerprint in str(modal.query_one("#fingerprint", Static).render())
         await pilot.press("y")
         await wait_for(pilot, lambda: isinstance(app.screen, FleetScreen), what="the dialog to close")
-        await wait_for(pilot, lambda: "ok" in cell(app, dev.name, "status") or "WARN" in cell(app, dev.name, "status"),
+        await wait_for(pilot, lambda: answered(cell(app, dev.name, "status")),
                        what="the device to connect after trusting")
         assert f"[127.0.0.1]:{port}" in home.known_hosts.read_text()
 
@@ -137,7 +142,7 @@ async def test_add_device_form_rejects_a_bad_target_and_saves_a_good_one(home, t
         await wait_for(pilot, lambda: isinstance(app.screen, FleetScreen),
                        what="the form to close")
         await wait_for(pilot, lambda: "line3-cam" in app.screen.rows, what="the new row")
-        await wait_for(pilot, lambda: "ok" in cell(app, "line3-cam", "status") or "WARN" in cell(app, "line3-cam", "status"),
+        await wait_for(pilot, lambda: answered(cell(app, "line3-cam", "status")),
                        what="the new device's health")
 
 
@@ -233,7 +238,7 @@ async def test_audit_screen_lists_entries_and_verifies(home, tmp_path) -> None:
         screen = app.screen
         table = screen.query_one("#entries", DataTable)
         await wait_for(pilot, lambda: table.row_count >= 3, what="journal entries")
-        actions = {str(table.get_row_at(i)[4]) for i in range(table.row_count)}
+        actions = {str(table.get_cell(k, "action")) for k in table.rows}
         assert {"connect", "health.check", "operator.init"} <= actions
         assert "pending sync" in str(screen.query_one("#audit-status", Static).render())
         await pilot.press("v")

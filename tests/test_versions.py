@@ -10,12 +10,10 @@ from __future__ import annotations
 import base64
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import run_cli
 from models import models  # noqa: F401  (session fixture)
 
 from fieldkit.devices import open_session
@@ -472,10 +470,4 @@ def test_bad_groups_in_the_inventory_file(home: Home, groups: str, expected: str
     assert info.value.message.startswith(f'{home.inventory}: device #1 "a": groups') and expected in info.value.message
 
 
-# ---- the benchmark -------------------------------------------------------------------------------------
-def test_bench_script_runs_in_tiny_mode() -> None:
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench" / "versions.py"), "--tiny", "--json"],
-                          capture_output=True, text=True, timeout=300, cwd=str(ROOT))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads(proc.stdout)
-    assert doc["devices"] == 2 and doc["all_ok"] and doc["ratio"] > 0 and doc["cpu_s_per_device"] > 0
+# scripts/bench/versions.py --tiny runs in tests/test_bench_scripts.py (with every other benchmark)

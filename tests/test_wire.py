@@ -113,6 +113,7 @@ def test_real_health_is_typed(real: dict[str, Any]) -> None:
     h = wire.parse_result("health", real["health"], device=DEVICE)
     assert isinstance(h, wire.HealthResult)
     assert h.cpu is not None and isinstance(h.cpu.count, int) and h.cpu.count >= 1
+    assert h.cpu.window_s is not None and h.cpu.excluded_self_percent is not None and h.cpu.method
     assert h.memory is not None and h.memory.total == real["health"]["memory"]["total"]
     assert [d.label for d in h.disks] == ["root", "models", "gone"]
     assert all(isinstance(z.temp_c, (int, float)) for z in h.temperatures)
@@ -235,6 +236,7 @@ HOSTILE = [
     ("health", ("cpu",), [1, 2, 3], "health result that fieldkit cannot use: cpu: expected an object, got [1, 2, 3]"),
     ("health", ("cpu", "load"), {"1m": 0.5}, "cpu.load: expected a list"),
     ("health", ("cpu", "count"), True, "cpu.count: expected a whole number, got True"),
+    ("health", ("cpu", "excluded_self_percent"), "3 %", "cpu.excluded_self_percent: expected a number, got '3 %'"),
     ("health", ("memory", "used_percent"), float("nan"), "memory.used_percent: expected a finite number, got nan"),
     ("health", ("uptime_s",), float("inf"), "uptime_s: expected a finite number, got inf"),
     ("health", ("memory", "total"), 10 ** 30, "memory.total: number out of range"),

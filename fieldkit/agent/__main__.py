@@ -45,6 +45,11 @@ def main(argv=None):
         return 2
     if args.cmd == "recover":
         return recover(args.root, args.restart_services, report=True)
+    if args.serial:  # the installed agent's unit starts: an upgrade of it to finish, undo or try
+        from fieldkit.agent import upgrade
+        code = upgrade.on_start(args.root, argv)
+        if code is not None:
+            return code
     recover(args.root, True)  # every start finishes or undoes what a killed agent left half done
     if args.stdio:
         return serve_stdio(args.root)
@@ -61,19 +66,27 @@ def recover(root, restart, report=False):
     from fieldkit.agent.protocol import RemoteError
     from fieldkit.agent.log import log
 
+    agent = None
+    if report:  # the boot unit: an upgrade of the installed agent nobody is trying any more (upgrade.py)
+        from fieldkit.agent import upgrade
+        agent = upgrade.recover(root)
+        if agent and agent["action"] != "skipped_locked":
+            log("recovery: agent upgrade %s (%s)" % (agent["action"], agent.get("reason") or agent.get("version")))
     try:
         done = recover_models(ModelStore.open(DeviceRoot(root)), restart=restart)
     except (RemoteError, OSError) as exc:
         log("recovery failed: %s" % getattr(exc, "message", exc))
         if report:
-            print(json.dumps({"recovered": [], "error": str(getattr(exc, "message", exc))}))
+            print(json.dumps(dict({"recovered": [], "error": str(getattr(exc, "message", exc))},
+                                  **({"agent": agent} if agent else {}))))
         return 1
     for item in done:
         if item["action"] not in ("skipped_locked",):
             log("recovery: model %s %s (active: %s)" % (item["name"], item["action"], item["active"]))
     if report:
-        print(json.dumps({"recovered": done}))
-    return 1 if any(i["action"] in ("error", "broken_current") for i in done) else 0
+        print(json.dumps(dict({"recovered": done}, **({"agent": agent} if agent else {}))))
+    failed = agent is not None and agent["action"] == "error"
+    return 1 if failed or any(i["action"] in ("error", "broken_current") for i in done) else 0
 
 
 def serve_stdio(root):

@@ -1,4 +1,4 @@
-"""Activation, commit, revert and recovery of an installed model (stdlib only, Python 3.9 syntax).
+"""Activation, commit, revert and recovery of an installed model (stdlib only, Python 3.6 syntax).
 
 The plan (docs/releases.md; REFERENCE.md "Atomic activation on Linux"): before each step
 ``state.json`` is durably replaced with the step it is about to take, so whatever kills the agent
@@ -17,7 +17,8 @@ holds. A session that ends with an activation still pending reverts it; an agent
 leaves it to the next start (every ``serve``, and ``fieldkit-agent recover`` at boot).
 
 Test hook: ``FIELDKIT_AGENT_CRASH_AT=STEP`` makes the agent kill itself with SIGKILL at the
-:func:`crash_point` named STEP (tests/test_agent_releases.py proves recovery at every step this way).
+:func:`crash_point` named STEP (tests/test_agent_releases.py proves recovery at every step this way;
+``FIELDKIT_AGENT_CRASH_ONCE=PATH``: only once).
 Simulated devices (an agent root other than ``/``) never run the machine's own ``systemctl``;
 ``FIELDKIT_AGENT_SYSTEMCTL=PATH`` names the program to run instead (tests).
 """
@@ -42,8 +43,18 @@ PERMISSION_WORDS = ("access denied", "interactive authentication required", "not
 
 
 def crash_point(step):
-    """Test hook: SIGKILL this agent at ``step`` when FIELDKIT_AGENT_CRASH_AT names it (see the module doc)."""
-    os.environ.get("FIELDKIT_AGENT_CRASH_AT") == step and os.kill(os.getpid(), signal.SIGKILL)
+    """Test hook: SIGKILL this agent at ``step`` when FIELDKIT_AGENT_CRASH_AT names it (see the module doc).
+    With FIELDKIT_AGENT_CRASH_ONCE=PATH only the first agent to get there dies (it creates PATH): a
+    unit that restarts the agent with the same environment then sees one kill, as a power cut is."""
+    if os.environ.get("FIELDKIT_AGENT_CRASH_AT") != step:
+        return
+    once = os.environ.get("FIELDKIT_AGENT_CRASH_ONCE")
+    if once:
+        try:
+            os.close(os.open(once, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except OSError:
+            return  # killed once already
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class SessionLocks(object):
@@ -104,20 +115,22 @@ def systemctl(fs):
     return shutil.which("systemctl") if fs.root == "/" else None
 
 
-def restart_service(fs, unit):
-    """``systemctl restart UNIT``: True when restarted, False when there is no unit or no systemd."""
+def restart_service(fs, unit, block=True):
+    """``systemctl restart UNIT``: True when restarted, False when there is no unit or no systemd.
+    ``block=False`` (``--no-block``) only queues the restart: the agent restarting its own unit."""
     exe = systemctl(fs) if unit else None
     if exe is None:
         return False
     try:
-        proc = subprocess.run([exe, "restart", unit], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        cmd = [exe, "restart", unit] if block else [exe, "--no-block", "restart", unit]
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, timeout=RESTART_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise RemoteError("restart_failed", "systemctl restart %s did not finish within %.0f s" % (unit, RESTART_TIMEOUT_S))
     except OSError as exc:
         raise RemoteError("restart_failed", "cannot run %s: %s" % (exe, exc.strerror or exc))
-    if proc.returncode == 0:
-        return True
+    if proc.returncode == 0 or (not block and proc.returncode < 0):
+        return True  # (a --no-block restart of the agent's own unit: its stop ends systemctl with the agent)
     why = (proc.stderr or proc.stdout or b"").decode("utf-8", "replace").strip()[-300:]
     if proc.returncode == 4 or any(w in why.lower() for w in PERMISSION_WORDS):
         raise RemoteError("no_permission", "the device refused to restart %s (%s). Fix either way: let the login "

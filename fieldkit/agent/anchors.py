@@ -1,4 +1,4 @@
-"""Trust anchors: the release keys a device accepts, and its operator keys (stdlib only, Python 3.9 syntax).
+"""Trust anchors: the release keys a device accepts, and its operator keys (stdlib only, Python 3.6 syntax).
 
 ``etc/fieldkit/trust/*.pem`` (or where ``etc/fieldkit/agent.json`` puts it) holds one EC P-256
 public key per file; several at once allow key rotation. ``etc/fieldkit/operators/*.pem`` holds, the

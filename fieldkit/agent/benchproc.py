@@ -1,4 +1,4 @@
-"""The benchmark as a process of its own (stdlib only, Python 3.9 syntax).
+"""The benchmark as a process of its own (stdlib only, Python 3.6 syntax).
 
 The agent's ``bench`` operation checks the laptop's settings once against
 :data:`fieldkit.agent.benchrun.SETTINGS`, starts ``fieldkit-agent bench --settings-json JSON`` in a

@@ -1,6 +1,6 @@
 """Benchmark one ONNX model on the device and stream the results as JSON lines.
 
-Runs on the device (stdlib + numpy + onnxruntime, Python 3.9 syntax). The agent starts it as a
+Runs on the device (stdlib + numpy + onnxruntime, Python 3.6 syntax). The agent starts it as a
 process of its own, ``python <agent> bench --settings-json '{"model": M, ...}'`` (settings
 declared once in :data:`SETTINGS` and checked by the agent before it starts this process; by hand
 the same settings are flags, ``--model M --runs 50 ...``, or run ``python -m
@@ -62,6 +62,10 @@ EXIT_ERROR = 2
 PROGRESS_WINDOW = 4096  # progress percentiles cover the most recent runs
 HISTOGRAM_BUCKETS = 40
 CANCEL_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
+
+# Integer-nanosecond clocks; Python 3.6 (JetPack 4) has only the float ones.
+perf_counter_ns = getattr(time, "perf_counter_ns", None) or (lambda: int(time.perf_counter() * 1e9))
+process_time_ns = getattr(time, "process_time_ns", None) or (lambda: int(time.process_time() * 1e9))
 
 # onnxruntime input type -> numpy dtype name
 ORT_DTYPES = {
@@ -359,7 +363,8 @@ def vcgencmd_throttled():
     if not exe:
         return None
     try:
-        out = subprocess.run([exe, "get_throttled"], capture_output=True, text=True, timeout=3).stdout
+        out = subprocess.run([exe, "get_throttled"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             universal_newlines=True, timeout=3).stdout
         return int(out.strip().split("=", 1)[1], 16)
     except (OSError, ValueError, IndexError, subprocess.SubprocessError):
         return None
@@ -653,7 +658,7 @@ def create_session(ort, args, facts):
     name = os.path.basename(args.model)
     if facts["size_bytes"] == 0:
         raise BenchError("invalid_model", "%s is empty (0 bytes): re-copy it" % name, sha256=facts["sha256"])
-    t0 = time.perf_counter_ns()
+    t0 = perf_counter_ns()
     try:
         sess = ort.InferenceSession(args.model, sess_options=so, providers=list(args.providers))
     except Exception as exc:
@@ -667,7 +672,7 @@ def create_session(ort, args, facts):
             raise BenchError("unsupported_model", "onnxruntime %s on this device cannot run %s (%s): export the "
                              "model for an older opset or update onnxruntime" % (ort.__version__, name, detail))
         raise BenchError("session_failed", "onnxruntime could not load %s (%s)" % (name, detail))
-    create_ms = (time.perf_counter_ns() - t0) / 1e6
+    create_ms = (perf_counter_ns() - t0) / 1e6
     active = list(sess.get_providers())
     missing = [p for p in args.providers if p not in active]
     if missing:
@@ -764,11 +769,16 @@ def _pctl_ms(values, q):
 
 
 class Bench:
-    def __init__(self, args, out, state, wakeup_fd=None):
+    def __init__(self, args, out, state, wakeup_fd=None, clock=None, sleep=None):
+        """``clock`` (nanoseconds, default ``time.perf_counter_ns``) and ``sleep`` (seconds, default
+        ``time.sleep``) drive the timed loop's pacing: tests replace them with a virtual clock, so
+        the scheduling is checked exactly, whatever the load of the machine running them."""
         self.args = args
         self.out = out
         self.state = state
         self.wakeup_fd = wakeup_fd
+        self.clock = clock or perf_counter_ns
+        self.sleep = sleep or time.sleep
         self.sampler = None  # type: Optional[Sampler]
         self.runs_done = 0
 
@@ -877,13 +887,13 @@ class Bench:
         # type: (Any, Dict[str, Any], Any) -> float
         n = max(1, self.args.warmup)
         interval = int(self.args.progress_interval_s * 1e9)
-        start = time.perf_counter_ns()
+        start = perf_counter_ns()
         next_progress = start + interval
         first_ms = 0.0
         for i in range(n):
-            a = time.perf_counter_ns()
+            a = perf_counter_ns()
             self._call(sess, feeds, ro)
-            b = time.perf_counter_ns()
+            b = perf_counter_ns()
             if i == 0:
                 first_ms = (b - a) / 1e6
             self.state.check()
@@ -898,10 +908,10 @@ class Bench:
     def _sleep_until(self, target_ns):
         # type: (int) -> None
         while True:
-            left = target_ns - time.perf_counter_ns()
+            left = target_ns - self.clock()
             if left <= 0 or self.state.cancelled:
                 return
-            time.sleep(min(left / 1e9, 0.05))
+            self.sleep(min(left / 1e9, 0.05))
 
     def timed_loop(self, sess, feeds, ro):
         # type: (Any, Dict[str, Any], Any) -> Dict[str, Any]
@@ -914,7 +924,7 @@ class Bench:
         period = int(round(1e9 / args.rate_hz)) if args.rate_hz else 0
         lat = []  # type: List[int]
         append = lat.append
-        clock = time.perf_counter_ns
+        clock = self.clock
         run = sess.run
         misses = late_runs = 0
         slot = 0
@@ -922,7 +932,7 @@ class Bench:
         gc.collect()
         gc.disable()
         try:
-            cpu0 = time.process_time_ns()
+            cpu0 = process_time_ns()
             t0 = clock()
             next_progress = t0 + interval
             end = t0
@@ -971,7 +981,7 @@ class Bench:
                     })
                     next_progress = clock() + interval
             wall = end - t0
-            cpu = time.process_time_ns() - cpu0
+            cpu = process_time_ns() - cpu0
         finally:
             gc.enable()
         return {"latencies": lat, "wall_ns": wall, "cpu_ns": cpu, "misses": misses, "late_runs": late_runs,

@@ -1,4 +1,4 @@
-"""Consistent Overhead Byte Stuffing (stdlib only, Python 3.9 syntax).
+"""Consistent Overhead Byte Stuffing (stdlib only, Python 3.6 syntax).
 
 ``encode(data)`` returns bytes with no 0x00 in them, at most ``1 + len(data) // 254`` bytes longer;
 the caller appends the 0x00 frame delimiter.  ``decode(encoded)`` reverses it and raises

@@ -1,4 +1,4 @@
-"""The device's own journal: ``var/lib/fieldkit/journal.jsonl`` (stdlib only, Python 3.9 syntax).
+"""The device's own journal: ``var/lib/fieldkit/journal.jsonl`` (stdlib only, Python 3.6 syntax).
 
 One JSON object per line, hash-chained::
 

@@ -1,4 +1,4 @@
-"""Checks for the fields of the laptop's messages (stdlib only, Python 3.9 syntax).
+"""Checks for the fields of the laptop's messages (stdlib only, Python 3.6 syntax).
 
 Every value that arrives in a message is checked here before it is used: a wrong type or an
 out-of-range value becomes a :class:`~fieldkit.agent.protocol.RemoteError` with code

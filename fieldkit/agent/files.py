@@ -1,4 +1,4 @@
-"""Files under the device root: path safety, uploads, stat, hash, remove (stdlib only, Python 3.9 syntax).
+"""Files under the device root: path safety, uploads, stat, hash, remove (stdlib only, Python 3.6 syntax).
 
 Every device path a message names goes through :meth:`DeviceRoot.resolve`:
 

@@ -1,7 +1,7 @@
-"""The device's model store: the one owner of its layout (stdlib only, Python 3.9 syntax).
+"""The device's model store: the one owner of its layout (stdlib only, Python 3.6 syntax).
 
 Layout (docs/releases.md "Device layout"; every path is the device's decision: the defaults below,
-or ``etc/fieldkit/agent.json`` on the device: ``{"trust", "operators", "models", "staging", "journal"}`` as
+or ``etc/fieldkit/agent.json`` on the device: ``{"trust", "operators", "models", "staging", "journal", "agent"}`` as
 device paths; a request never names them)::
 
     models/NAME/VERSION/        an installed, verified release: its files and model.sig
@@ -39,6 +39,7 @@ DEFAULT_PATHS = {
     "trust": "/etc/fieldkit/trust",
     "operators": "/etc/fieldkit/operators",
     "journal": "/var/lib/fieldkit/journal.jsonl",
+    "agent": "/usr/local/lib/fieldkit/fieldkit-agent.pyz",  # the installed agent (install.sh; fieldkit agent upgrade)
 }
 
 

@@ -1,4 +1,4 @@
-"""OpenSSF Model Signing verification on the device (stdlib only, Python 3.9 syntax).
+"""OpenSSF Model Signing verification on the device (stdlib only, Python 3.6 syntax).
 
 A release directory carries ``model.sig``: a Sigstore bundle (v0.3, key mode) holding a DSSE
 envelope whose payload is an in-toto Statement v1 listing every file with its sha256 (the format

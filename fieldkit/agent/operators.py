@@ -1,4 +1,4 @@
-"""Operator authentication over serial (stdlib only, Python 3.9 syntax).
+"""Operator authentication over serial (stdlib only, Python 3.6 syntax).
 
 Over SSH the device's sshd has already authenticated the operator. A serial port has no login once
 the agent replaces the getty, so a session over serial (``serve --serial``) must authenticate
@@ -51,11 +51,11 @@ MAX_SIGNATURE_B64 = 200  # a DER P-256 signature is at most 72 bytes (96 in base
 # Operations that change the device: over serial they need an authenticated session.
 GATED_OPS = frozenset([
     "stage_open", "release_install", "model_activate", "model_smoke", "model_commit", "model_revert",
-    "model_remove", "anchors_add", "anchors_remove", "service_restart",
+    "model_remove", "anchors_add", "anchors_remove", "service_restart", "agent_upgrade", "agent_upgrade_confirm",
 ])
 # ``put`` and ``remove`` are allowed without it only inside the bench cache, ``bench`` only with its
-# lock there. Everything else (health, ping, stat, hash, journal_read, journal_checkpoint,
-# bench_model, models_list, models_verify, anchors_list, recover) is open: reading, the laptop's
+# lock there. Everything else (health, identity, ping, stat, hash, journal_read, journal_checkpoint,
+# bench_model, models_list, models_verify, anchors_list, agent_upgrade_status, recover) is open: reading, the laptop's
 # signed journal checkpoint, and recovery, which only restores the last verified, committed state
 # (the same thing every agent start and the boot unit do).
 PATH_OPS = frozenset(["put", "remove"])

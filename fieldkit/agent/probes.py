@@ -1,4 +1,4 @@
-"""Health probes read on the device (stdlib only, Python 3.9 syntax).
+"""Health probes read on the device (stdlib only, Python 3.6).
 
 Every probe reads the real kernel interfaces (/proc, /sys, statvfs). A sensor the device does
 not have is reported as not available (``None`` or an empty list), never as an error and never
@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from fieldkit.agent import AGENT_VERSION, PROTOCOL_VERSION
+from fieldkit.agent import AGENT_VERSION, PROTOCOL_VERSION, selfcpu
 
 OPTIONAL_MODULES = ("psutil", "onnxruntime", "numpy", "cryptography")
 
@@ -104,17 +104,27 @@ def _cpu_times():
 
 
 def cpu(sample_s=0.25):
-    first = _cpu_times()
+    """Device CPU load over a ``sample_s`` window, fieldkit's own CPU time taken out.
+
+    ``percent`` is the busy share of all cores from ``/proc/stat`` minus the ticks fieldkit's own
+    process trees used in the same window (this agent and its children, other agents: see
+    :mod:`.selfcpu`); ``raw_percent`` is the share with them, ``excluded_self_percent`` the
+    difference. ``per_core`` is raw (the kernel does not say which core a process ran on)."""
     load = None
     try:
         load = list(os.getloadavg())
     except (OSError, AttributeError):
         pass
     result = {"count": os.cpu_count(), "percent": None, "per_core": [], "load": load}
+    first = _cpu_times()
     if first is None:
         return result
+    own_first = selfcpu.snapshot()
+    t0 = time.monotonic()
     time.sleep(max(0.05, sample_s))
+    own_second = selfcpu.snapshot()
     second = _cpu_times() or {}
+    window = time.monotonic() - t0
 
     def busy(name):
         a, b = first.get(name), second.get(name)
@@ -123,10 +133,24 @@ def cpu(sample_s=0.25):
         dt, di = b[0] - a[0], b[1] - a[1]
         return round(100.0 * (dt - di) / dt, 1)
 
-    result["percent"] = busy("cpu")
     names = sorted((n for n in second if n != "cpu"), key=lambda n: int(n[3:]))
     result["per_core"] = [busy(n) for n in names]
     result["count"] = len(names) or result["count"]
+    a, b = first.get("cpu"), second.get("cpu")
+    if not a or not b or b[0] <= a[0]:
+        return result
+    total, busy_ticks = b[0] - a[0], max(0, (b[0] - a[0]) - (b[1] - a[1]))
+    own, trees = selfcpu.ticks_between(own_first, own_second)
+    own = min(own, busy_ticks)
+    result.update({
+        "percent": round(100.0 * (busy_ticks - own) / total, 1),
+        "raw_percent": round(100.0 * busy_ticks / total, 1),
+        "excluded_self_percent": round(100.0 * own / total, 1),
+        "window_s": round(window, 3),
+        "method": ("/proc/stat over %.2f s minus fieldkit's own CPU time (%d process tree%s)"
+                   % (window, trees, "" if trees == 1 else "s")) if own_first is not None
+                  else "/proc/stat over %.2f s (no /proc/PID: fieldkit's own time not excluded)" % window,
+    })
     return result
 
 
@@ -262,7 +286,8 @@ def throttling(freq):
     vcgencmd = shutil.which("vcgencmd")
     if vcgencmd:
         try:
-            out = subprocess.run([vcgencmd, "get_throttled"], capture_output=True, text=True, timeout=3).stdout
+            out = subprocess.run([vcgencmd, "get_throttled"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 universal_newlines=True, timeout=3).stdout
             value = int(out.strip().split("=", 1)[1], 16)
             result["source"] = "vcgencmd"
             result["raw"] = hex(value)
@@ -301,13 +326,15 @@ def service(unit):
     if not systemctl:
         return {"unit": unit, "state": "not available", "detail": "systemctl not found on the device"}
     try:
-        proc = subprocess.run([systemctl, "is-active", unit], capture_output=True, text=True, timeout=5)
+        proc = subprocess.run([systemctl, "is-active", unit], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True, timeout=5)
         state = proc.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError) as exc:
         return {"unit": unit, "state": "not available", "detail": str(exc)}
     if state in ("inactive", "unknown"):
         load = subprocess.run([systemctl, "show", "-p", "LoadState", "--value", unit],
-                              capture_output=True, text=True, timeout=5).stdout.strip()
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                              timeout=5).stdout.strip()
         if load == "not-found":
             state = "not-found"
     return {"unit": unit, "state": state}

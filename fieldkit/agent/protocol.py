@@ -1,4 +1,4 @@
-"""Message layer shared by the laptop and the agent (stdlib only, Python 3.9 syntax).
+"""Message layer shared by the laptop and the agent (stdlib only, Python 3.6 syntax).
 
 A *message* is a JSON header plus an optional binary body (no base64)::
 

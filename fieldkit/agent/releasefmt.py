@@ -1,4 +1,4 @@
-"""``release.json`` and semantic versions, checked in plain Python (stdlib only, Python 3.9 syntax).
+"""``release.json`` and semantic versions, checked in plain Python (stdlib only, Python 3.6 syntax).
 
 The keys and their types are those of docs/releases.md ("A release"). :func:`parse_release`
 answers a dict with every key checked (unknown keys are kept, for later formats) or raises

@@ -1,4 +1,4 @@
-"""The agent's request loop (stdlib only, Python 3.9 syntax).
+"""The agent's request loop (stdlib only, Python 3.6 syntax).
 
 One :class:`AgentSession` serves one laptop connection over a stream. The reader thread checks
 every message before it uses any field of it (:mod:`fieldkit.agent.fields`): a message it cannot
@@ -30,13 +30,15 @@ import time
 import traceback
 
 from fieldkit.agent import (
-    AGENT_VERSION, PROTOCOL_VERSION, activation, anchors, devjournal, operators, probes, staging, storeops,
+    AGENT_VERSION, PROTOCOL_VERSION, activation, anchors, devjournal, operators, probes, staging, storeops, upgrade,
 )
 from fieldkit.agent.benchproc import bench_op
 from fieldkit.agent.fields import (
     MAX_OP, MAX_TEXT, get_dict, get_float, get_str, is_int, shorten, valid_id,
 )
 from fieldkit.agent.files import DeviceRoot, Upload, hash_op, remove_op, stat_op
+from fieldkit.agent.fixedreadings import fixed_readings
+from fieldkit.agent.identity import identity_op
 from fieldkit.agent.log import log
 from fieldkit.agent.models import DEFAULT_PATHS, ModelStore
 from fieldkit.agent.protocol import (
@@ -103,6 +105,7 @@ class AgentSession(object):
         self.inline = {"ping": self.op_ping}
         self.ops = {
             "health": self.op_health,
+            "identity": identity_op,  # read-only (fieldkit.agent.identity): never gated
             "stat": lambda req: stat_op(self.fs, req),
             "hash": lambda req: hash_op(self.fs, req),
             "remove": lambda req: remove_op(self.fs, req),
@@ -129,6 +132,10 @@ class AgentSession(object):
             "models_verify": lambda req: storeops.verify_op(self.store(), req),
             "model_remove": lambda req: storeops.remove_op(self.store(), req, self.model_locks),
             "recover": lambda req: {"recovered": activation.recover(self.store(), self.model_locks)},
+            # the installed agent replacing itself (fieldkit agent upgrade): upgrade.py
+            "agent_upgrade_status": lambda req: upgrade.status_op(self, req),
+            "agent_upgrade": lambda req: upgrade.upgrade_op(self, req),
+            "agent_upgrade_confirm": lambda req: upgrade.confirm_op(self, req),
         }
         self.model_locks = activation.SessionLocks()
 
@@ -160,6 +167,7 @@ class AgentSession(object):
             "auth_required": self.auth.required,
             "max_frame": self.reader.max_frame,
             "max_in_flight": self.max_in_flight,
+            "put_progress": True,  # a put's data is acknowledged with {"received": bytes} events
         }
 
     def note(self, msg):
@@ -416,6 +424,9 @@ class AgentSession(object):
                 with self.lock:
                     self.uploads.pop(rid, None)
                 self.reply(rid, up.finish())
+            elif body:
+                # what has landed, so the laptop shows the device's bytes, not its send buffer's
+                self.send({"t": "evt", "id": rid, "data": {"received": up.offset}})
         except RemoteError as exc:
             self._fail_upload(rid, up, exc.code, exc.message)
         except OSError as exc:
@@ -468,6 +479,9 @@ class AgentSession(object):
         if unit is not None and (not _UNIT.match(unit) or unit.startswith("-")):
             raise RemoteError("bad_args", "service_unit %s is not a systemd unit name" % shorten(unit, 80))
         sample_s = get_float(args, "sample_s", 0.25, lo=0.0, hi=MAX_SAMPLE_S)
+        fixed = fixed_readings(self.root)  # test hook (FIELDKIT_AGENT_READINGS): numbers that do not move
+        if fixed is not None:
+            return fixed
         return probes.health(self.root, disk_paths, unit, sample_s)
 
     def _path_map(self, args, key):

@@ -1,4 +1,4 @@
-"""The smoke test of the active model (Python 3.9 syntax; the child needs numpy and onnxruntime).
+"""The smoke test of the active model (Python 3.6 syntax; the child needs numpy and onnxruntime).
 
 ``model_smoke {name}`` runs the active release's signed smoke set (``smoke/inputs.npz`` through the
 model, compared with ``smoke/outputs.npz``, both made on the laptop with onnxruntime) the way the

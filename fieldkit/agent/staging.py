@@ -1,4 +1,4 @@
-"""Installing a signed release: ``stage_open`` and ``release_install`` (stdlib only, Python 3.9 syntax).
+"""Installing a signed release: ``stage_open`` and ``release_install`` (stdlib only, Python 3.6 syntax).
 
 The laptop opens a stage (its id comes from the release digest, so the same install run again
 finds the same stage and resumes), uploads each file with ``put`` into the stage's directory,

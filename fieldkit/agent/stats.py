@@ -1,4 +1,4 @@
-"""Latency statistics for on-device benchmarks (stdlib only, Python 3.9 syntax).
+"""Latency statistics for on-device benchmarks (stdlib only, Python 3.6 syntax).
 
 Latencies come in as integer nanoseconds (``time.perf_counter_ns()`` deltas) and go out in
 milliseconds. Percentiles use the nearest-rank rule; the MLPerf-style early-stopping estimate

@@ -1,4 +1,4 @@
-"""``models_list``, ``models_verify``, ``model_remove`` (stdlib only, Python 3.9 syntax).
+"""``models_list``, ``models_verify``, ``model_remove`` (stdlib only, Python 3.6 syntax).
 
 ``models_verify`` re-hashes every installed version against its own ``model.sig``, verified again
 against the device's trust anchors of today, and names each bad file; it also reports a

@@ -1,4 +1,4 @@
-"""Byte streams the message layer runs on (stdlib only, Python 3.9 syntax).
+"""Byte streams the message layer runs on (stdlib only, Python 3.6 syntax).
 
 A *stream* is any object with:
 
@@ -102,6 +102,12 @@ def open_tty(path, baud=115200):
 
     fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
     try:
+        # the lock first: a port another program holds keeps its settings (speed, raw mode) untouched
+        try:
+            import fcntl
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (ImportError, OSError):
+            raise OSError("serial port %s is in use by another program" % path)
         tty.setraw(fd)
         attrs = termios.tcgetattr(fd)
         speed = getattr(termios, "B%d" % baud, None)
@@ -114,12 +120,6 @@ def open_tty(path, baud=115200):
         attrs[6][termios.VMIN] = 0
         attrs[6][termios.VTIME] = 0
         termios.tcsetattr(fd, termios.TCSANOW, attrs)
-        try:
-            import fcntl
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except (ImportError, OSError):
-            os.close(fd)
-            raise OSError("serial port %s is in use by another program" % path)
         return FdPort(fd)
     except BaseException:
         try:

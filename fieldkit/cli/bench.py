@@ -19,7 +19,7 @@ from typing import Any, Callable, TextIO
 
 from fieldkit.cli.common import emit_json
 from fieldkit.errors import Cancelled, ConfigError, LinkLost
-from fieldkit.textfmt import human_bytes, table, use_color
+from fieldkit.textfmt import human_bytes, table, transfer_text, use_color
 
 USAGE = """fieldkit bench TARGET MODEL [options]
        fieldkit bench list [--json]
@@ -143,7 +143,8 @@ class ProgressLine:
             if self.tty:
                 self.stream.write("\r\x1b[K" + text[:200])
                 self._shown = True
-            elif phase != self._last_phase or now - self._last >= self.every_s or phase in ("done",):
+            elif (phase != self._last_phase or now - self._last >= self.every_s or phase in ("done",)
+                  or (phase == "upload" and ev.get("bytes_total") and ev.get("bytes_done") == ev["bytes_total"])):
                 self.stream.write(text + "\n")
                 self._last = now
             else:
@@ -165,8 +166,7 @@ class ProgressLine:
         phase = ev.get("phase")
         if phase == "upload":
             done, total = ev.get("bytes_done") or 0, ev.get("bytes_total") or 0
-            pct = f" {100 * done / total:.0f} %" if total else ""
-            return f"uploading {ev.get('what', 'file')}: {human_bytes(done)} of {human_bytes(total)}{pct}"
+            return f"uploading {ev.get('what', 'file')}: " + transfer_text(done, total, ev.get("rate_bps"), ev.get("eta_s"))
         if phase in ("connect", "resolve", "starting", "started"):
             return str(ev.get("message") or phase)
         if phase == "warmup":

@@ -8,13 +8,26 @@ from typing import Any
 
 from fieldkit.errors import ConfigError
 from fieldkit.locations import Home
-from fieldkit.textfmt import table
+
+
+def _line_arguments(s: argparse.ArgumentParser, default_baud: int) -> None:
+    """The simulated serial cable: what a technician's real one does (see fieldkit.sim.SerialLine)."""
+    what = "0: unthrottled" if not default_baud else f"{default_baud}, a console cable's usual rate; 0: unthrottled"
+    s.add_argument("--baud", type=int, default=default_baud, metavar="B",
+                   help=f"serial line rate: B/10 bytes/s each way, 8N1 (default {what})")
+    s.add_argument("--line-errors", type=float, default=0.0, metavar="RATE",
+                   help="probability per byte of a fault on the serial line, a third each dropped, flipped "
+                        "and inserted (default 0; 1e-5 a long cable, 1e-3 a very noisy one)")
+    s.add_argument("--line-seed", type=int, default=None, metavar="N",
+                   help="seed the serial line's faults (the same faults every run)")
 
 
 def register(subparsers: Any) -> None:
     s = subparsers.add_parser("demo", help="start simulated devices (2 SSH, 1 serial) and open the TUI on them")
     s.add_argument("--keep-home", action="store_true", help="use FIELDKIT_HOME instead of a throw-away demo home")
     s.add_argument("--text", action="store_true", help="print the devices' health instead of opening the TUI")
+    s.add_argument("--serial", type=int, default=1, metavar="N", help="serial devices (default 1)")
+    _line_arguments(s, 115200)
     s.set_defaults(handler=cmd_demo)
 
     s = subparsers.add_parser("sim", help="run simulated devices (SSH and serial) until Ctrl-C")
@@ -23,17 +36,31 @@ def register(subparsers: Any) -> None:
     s.add_argument("--state", type=Path, metavar="FILE", help="write the devices as JSON to FILE")
     s.add_argument("--profile", default="generic-linux", help="profile given to the simulated devices")
     s.add_argument("--prefix", default="sim", help="device name prefix (default: sim)")
+    _line_arguments(s, 0)
     s.set_defaults(handler=cmd_sim)
+
+
+def _line_text(sim: Any) -> str:
+    """The serial cable as a technician reads it: "115200 baud, 1 fault in 1,000 bytes"."""
+    line = sim.line
+    rate = f"{line.baud} baud" if line.bytes_per_second else "unthrottled"
+    if not line.line_errors:
+        return f"{rate}, no line errors"
+    return f"{rate}, 1 fault in {1 / line.line_errors:,.0f} bytes (dropped, flipped or inserted)"
 
 
 def cmd_sim(args: argparse.Namespace, home: Home) -> int:
     from fieldkit.sim import Simulation, wait_forever
+    from fieldkit.textfmt import table  # not on the TUI's path (`fieldkit` alone imports this module)
 
-    with Simulation(home, ssh=args.ssh, serial=args.serial, prefix=args.prefix, profile=args.profile) as sim:
+    with Simulation(home, ssh=args.ssh, serial=args.serial, prefix=args.prefix, profile=args.profile,
+                    baud=args.baud, line_errors=args.line_errors, line_seed=args.line_seed) as sim:
         if args.state:
             sim.write_state(args.state)
         print(table(["DEVICE", "TRANSPORT", "TARGET", "HOST KEY"],
                     [[d.name, d.transport, d.target, d.host_key_fingerprint or "-"] for d in sim.devices]))
+        if args.serial:
+            print(f"serial line: {_line_text(sim)}")
         print(f"\n{len(sim.devices)} simulated device(s) registered in {home.root}. "
               "Try `fieldkit health --all` in another terminal. Ctrl-C stops them.", flush=True)
         wait_forever()
@@ -86,8 +113,11 @@ def cmd_demo(args: argparse.Namespace, home: Home) -> int:
             load_identity(demo_home)
         except IdentityMissing:
             setup_operator(demo_home.ensure(), "demo-technician")
-        print(f"starting 2 SSH and 1 serial simulated devices (home: {demo_home.root}) ...", flush=True)
-        with Simulation(demo_home, ssh=2, serial=1, prefix="demo") as sim:
+        print(f"starting 2 SSH and {args.serial} serial simulated devices (home: {demo_home.root}) ...", flush=True)
+        with Simulation(demo_home, ssh=2, serial=args.serial, prefix="demo", baud=args.baud,
+                        line_errors=args.line_errors, line_seed=args.line_seed) as sim:
+            if args.serial:
+                print(f"serial line: {_line_text(sim)}", flush=True)
             if not args.text:
                 return run_tui(demo_home)
             reports = check_many([d.name for d in sim.devices], demo_home)

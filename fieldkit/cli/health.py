@@ -29,7 +29,12 @@ def _health_targets(args: argparse.Namespace, home: Home) -> list[str]:
 
     targets = list(args.targets)
     if args.all:
-        targets += [d.name for d in load_inventory(home) if d.name not in targets]
+        inventory = load_inventory(home)
+        if not inventory and not targets:
+            raise ConfigError(f"--all: the inventory ({home.inventory}) is empty: there is no device to check",
+                              hint="add one with `fieldkit devices add NAME TARGET` (e.g. ssh://pi@10.0.0.7 or "
+                                   "serial:///dev/ttyUSB0), or try simulated devices with `fieldkit demo`")
+        targets += [d.name for d in inventory if d.name not in targets]
     if not targets:
         raise ConfigError("no device given: name a device or target, or use --all",
                           hint="`fieldkit devices list` shows the inventory")
@@ -48,27 +53,39 @@ def cmd_health(args: argparse.Namespace, home: Home) -> int:
     if args.profile:
         from fieldkit.profiles import get_profile
         get_profile(args.profile, home)
-    while True:
-        reports = check_many(targets, home, timeout=args.timeout, profile=args.profile)
-        status = worst([r.status for r in reports])
-        if args.json:
-            if len(reports) == 1:
-                doc = reports[0].to_json()
+    watch = None
+    if args.watch:  # one session per device while it runs: the journal gets each change, not each sample
+        from fieldkit.fleetwatch import FleetWatch
+
+        watch = FleetWatch(home, interval=args.watch, timeout=args.timeout, profile=args.profile)
+        watch.track(targets)
+        watch.start(autopoll=False)  # notices dead links and answers `fieldkit devices release`
+    try:
+        while True:
+            reports = watch.poll_round() if watch else check_many(targets, home, timeout=args.timeout,
+                                                                  profile=args.profile)
+            status = worst([r.status for r in reports])
+            if args.json:
+                if len(reports) == 1:
+                    doc = reports[0].to_json()
+                else:
+                    doc = {"status": status, "devices": [r.to_json() for r in reports]}
+                print(json.dumps(doc, default=str, indent=None if args.watch else 2), flush=True)
+                for r in reports:
+                    if r.error:
+                        print(f"fieldkit: {r.device}: {r.error}", file=sys.stderr)
             else:
-                doc = {"status": status, "devices": [r.to_json() for r in reports]}
-            print(json.dumps(doc, default=str, indent=None if args.watch else 2), flush=True)
-            for r in reports:
-                if r.error:
-                    print(f"fieldkit: {r.device}: {r.error}", file=sys.stderr)
-        else:
-            if args.watch:
-                print("\x1b[2J\x1b[H" if use_color() else "", end="")
-                print(time.strftime("%H:%M:%S"), f"every {args.watch:g} s, Ctrl-C to stop")
-            print(render_health(reports), flush=True)
-        code = max((r.exit_code for r in reports), default=0)
-        if not args.watch:
-            return 3 if any(r.status == "unreachable" for r in reports) else code
-        time.sleep(args.watch)
+                if args.watch:
+                    print("\x1b[2J\x1b[H" if use_color() else "", end="")
+                    print(time.strftime("%H:%M:%S"), f"every {args.watch:g} s, Ctrl-C to stop")
+                print(render_health(reports), flush=True)
+            code = max((r.exit_code for r in reports), default=0)
+            if not args.watch:
+                return 3 if any(r.status == "unreachable" for r in reports) else code
+            time.sleep(args.watch)
+    finally:
+        if watch is not None:
+            watch.close()
 
 
 def render_health(reports: list[Any]) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 from fieldkit.cli.common import confirm, emit_json, open_device
 from fieldkit.locations import Home
-from fieldkit.textfmt import human_bytes, table
+from fieldkit.textfmt import table, transfer_text
 
 
 def register(subparsers: Any) -> None:
@@ -72,11 +72,7 @@ class TransferProgress:
             if not self.tty and now - self._last < 2.0 and ev["bytes_done"] < ev["bytes_total"]:
                 return
             self._last = now
-            rate = ev.get("rate_bps") or 0
-            eta = ev.get("eta_s")
-            text = (f"  copying {human_bytes(ev['bytes_done'])} of {human_bytes(ev['bytes_total'])} "
-                    f"({100 * ev['bytes_done'] / ev['bytes_total']:.0f} %), {human_bytes(rate)}/s"
-                    + (f", {eta:.0f} s left" if eta is not None else ""))
+            text = "  copying " + transfer_text(ev["bytes_done"], ev["bytes_total"], ev.get("rate_bps"), ev.get("eta_s"))
             print(("\r" + text + "\x1b[K") if self.tty else text, end="" if self.tty else "\n",
                   file=sys.stderr, flush=True)
             return

@@ -225,6 +225,9 @@ class VerifyResult:
     message: str = "ok"
     key_fingerprint: str | None = None
     device_journals: list[dict] = field(default_factory=list)
+    verified_from: int = 0
+    """Entries 1..verified_from were taken as verified from an earlier passing verification
+    (``Journal.verify(incremental=True)``); 0: every entry was checked now."""
 
     def to_json(self) -> dict:
         return asdict(self)

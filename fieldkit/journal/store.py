@@ -9,6 +9,7 @@ import sqlite3
 import threading
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from fieldkit.errors import Cancelled, ConfigError, DeviceError, FieldkitError
@@ -187,17 +188,37 @@ class Journal:
         if outcome not in OUTCOMES:
             raise ValueError(f"journal outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
         clean = redact(details or {})
-        details_text = canonical_text(clean)
         with self._write() as c:
             row = c.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
-            t = utc_now()
-            digest = hashlib.sha256(entry_bytes(self.journal_id, seq, t, ident.name, device, action, outcome,
-                                                details_text, prev)).digest()
-            sig = ident.sign(digest)
-            c.execute(f"INSERT INTO entries({_ENTRY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                      (seq, t, ident.name, device, action, outcome, details_text, prev, digest.hex(), sig))
+            return self._append(c, ident, row, device, action, outcome, clean)
+
+    def _append(self, c: sqlite3.Connection, ident: Identity, head: tuple | None, device: str, action: str,
+                outcome: str, clean: dict) -> Entry:
+        seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS)
+        t = utc_now()
+        details_text = canonical_text(clean)
+        digest = hashlib.sha256(entry_bytes(self.journal_id, seq, t, ident.name, device, action, outcome,
+                                            details_text, prev)).digest()
+        sig = ident.sign(digest)
+        c.execute(f"INSERT INTO entries({_ENTRY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                  (seq, t, ident.name, device, action, outcome, details_text, prev, digest.hex(), sig))
         return Entry(seq, t, ident.name, device, action, outcome, clean, prev, digest.hex(), sig)
+
+    def record_many(self, items: Sequence[tuple[str, str, str, Mapping[str, Any] | None]]) -> int:
+        """Append ``(device, action, outcome, details)`` entries in one transaction (an import, a test
+        or benchmark building a large journal); each is hashed, chained and signed as by :meth:`record`."""
+        ident = self._require_identity()
+        prepared = []
+        for device, action, outcome, details in items:
+            if outcome not in OUTCOMES:
+                raise ValueError(f"journal outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
+            prepared.append((device, action, outcome, redact(details or {})))
+        with self._write() as c:
+            head = c.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+            for device, action, outcome, clean in prepared:
+                e = self._append(c, ident, head, device, action, outcome, clean)
+                head = (e.seq, e.hash)
+        return len(prepared)
 
     @contextmanager
     def operation(self, device: str, action: str, details: Mapping[str, Any] | None = None
@@ -248,27 +269,52 @@ class Journal:
         return (row[0], row[1]) if row else (0, GENESIS)
 
     def entries(self, *, device: str | None = None, action: str | None = None, since: str | None = None,
-                after_seq: int = 0, limit: int | None = None, newest: bool = False) -> list[Entry]:
+                after_seq: int = 0, limit: int | None = None, newest: bool = False,
+                device_contains: str | None = None, before_seq: int | None = None) -> list[Entry]:
         """Entries in seq order. ``action`` matches itself and its dotted children
-        (``model`` matches ``model.activate``); ``since`` is a UTC time string; ``newest`` keeps the
-        last ``limit`` entries instead of the first."""
-        sql = f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE seq > ?"
-        params: list[Any] = [after_seq]
-        if device is not None:
-            sql += " AND device = ?"
-            params.append(device)
-        if action:
-            sql += " AND (action = ? OR substr(action, 1, ?) = ?)"
-            params += [action, len(action) + 1, action + "."]
-        if since:
-            sql += " AND time >= ?"
-            params.append(since)
+        (``model`` matches ``model.activate``); ``device_contains`` matches a part of the device name
+        (any case); ``since`` is a UTC time string; ``newest`` keeps the last ``limit`` entries instead
+        of the first. ``after_seq``/``before_seq`` bound the seqs: a page at a time (the audit screen
+        reads the page it shows, not 100,000 entries)."""
+        where, params = self._filter(device, action, since, device_contains)
+        sql = f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE seq > ?{where}"
+        params = [after_seq, *params]
+        if before_seq is not None:
+            sql += " AND seq < ?"
+            params.append(before_seq)
         sql += " ORDER BY seq DESC" if newest else " ORDER BY seq"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
         out = [Entry.from_row(r) for r in self._all(sql, params)]
         return out[::-1] if newest else out
+
+    def count(self, *, device: str | None = None, action: str | None = None, since: str | None = None,
+              device_contains: str | None = None) -> int:
+        """How many entries :meth:`entries` would give with these filters."""
+        where, params = self._filter(device, action, since, device_contains)
+        if not where:
+            return self.head()[0]  # seqs are dense: no scan
+        row = self._one(f"SELECT count(*) FROM entries WHERE 1{where}", params)
+        return int(row[0]) if row else 0
+
+    @staticmethod
+    def _filter(device: str | None, action: str | None, since: str | None,
+                device_contains: str | None) -> tuple[str, list[Any]]:
+        sql, params = "", []
+        if device is not None:
+            sql += " AND device = ?"
+            params.append(device)
+        if device_contains:
+            sql += " AND instr(lower(device), ?) > 0"
+            params.append(device_contains.lower())
+        if action:
+            sql += " AND (action = ? OR substr(action, 1, ?) = ?)"
+            params += [action, len(action) + 1, action + "."]
+        if since:
+            sql += " AND time >= ?"
+            params.append(since)
+        return sql, params
 
     def rows_after(self, seq: int, limit: int) -> list[tuple]:
         """Raw rows (details as canonical JSON text) for sync."""
@@ -324,28 +370,57 @@ class Journal:
         seq, head = self.head()
         targets = self.sync_targets()
         last = targets[0] if targets else None
-        cps = self.checkpoints()
+        n_cps = self._one("SELECT count(*) FROM checkpoints")[0]  # (one per connect: no need to load them)
+        row = self._one("SELECT seq, head, time, sig, witness FROM checkpoints ORDER BY id DESC LIMIT 1")
+        cps = [Checkpoint(self.journal_id, *row)] if row else []
         return {
             "journal_id": self.journal_id, "path": str(self.path),
             "operator": _read_operator_file(self.home).get("operator"),
             "key_fingerprint": self.key_fingerprint, "entries": seq, "head": {"seq": seq, "hash": head},
             "pending_sync": seq - (last["acked_through"] if last else 0), "last_sync": last,
-            "sync_targets": targets, "checkpoints": len(cps),
+            "sync_targets": targets, "checkpoints": n_cps,
             "last_checkpoint": cps[-1].to_json() if cps else None,
             "device_journals": self.device_journals(),
         }
 
     def verify(self, *, progress: Callable[[int], None] | None = None,
-               cancel: threading.Event | None = None) -> VerifyResult:
+               cancel: threading.Event | None = None, incremental: bool = False) -> VerifyResult:
         """Verify every entry, every checkpoint, the receivers' acknowledgements and the pulled
-        device journals. ``result.ok`` false names the first bad seq."""
+        device journals. ``result.ok`` false names the first bad seq.
+
+        ``incremental``: start after the last entry a verification passed (kept beside the database,
+        :meth:`verified_mark`): only the entries, checkpoints and acknowledgements since then, and
+        that the entry it stopped at still has the same hash — a 100,000-entry journal opens in the
+        audit screen without checking 100,000 signatures. Tampering *before* that point is what a
+        full verification (the default) is for. A passing verification moves the mark; a failing
+        one removes it."""
+        mark = self.verified_mark() if incremental else None
+        start_seq, start_hash = (mark["seq"], mark["hash"]) if mark else (0, GENESIS)
         conn = self._read_conn()
         try:
+            if start_seq:
+                row = conn.execute("SELECT hash FROM entries WHERE seq=?", (start_seq,)).fetchone()
+                if row is None or row[0] != start_hash:
+                    self._drop_mark()
+                    return VerifyResult(False, self.journal_id, key_fingerprint=self.key_fingerprint,
+                                        verified_from=start_seq).fail(
+                        start_seq, "rewritten" if row else "truncated",
+                        f"seq {start_seq}, verified on {mark['time']}, " + ("has changed since" if row else
+                                                                            "is gone") + ": the journal was "
+                        "rewritten, truncated or replaced; run a full verification")
             # the highest seq each receiver ever acknowledged must still be here
             acked = self._all("SELECT target, max(acked_through) FROM sync_acks GROUP BY target")
-            rows = conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM entries ORDER BY seq")
-            res = verify_rows(rows, self.journal_id, self.public_key, self.checkpoints(), acked=acked,
-                              progress=progress, cancel=cancel)
+            rows = conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE seq > ? ORDER BY seq", (start_seq,))
+            cps = [Checkpoint(self.journal_id, *r) for r in conn.execute(
+                "SELECT seq, head, time, sig, witness FROM checkpoints WHERE seq >= ? ORDER BY id", (start_seq,))]
+            res = verify_rows(rows, self.journal_id, self.public_key, cps, acked=acked,
+                              progress=progress, cancel=cancel, start=(start_seq, start_hash))
+            if res.ok:
+                self._save_mark(res.head_seq, res.head_hash)
+            else:
+                self._drop_mark()
+            if incremental:
+                return res  # pulled device journals: checked in full by a full verification
             for dj in self.device_journals():
                 raws = conn.execute("SELECT raw FROM device_entries WHERE journal=? ORDER BY seq", (dj["journal_id"],))
                 d = verify_device_entries(dj["journal_id"], (_loads_or_none(r[0]) for r in raws))
@@ -360,6 +435,42 @@ class Journal:
                                 message=f"the journal database {self.path} is damaged: {exc}")
         finally:
             conn.close()
+
+
+    # ---- the verified mark: where the last passing verification stopped -------------------------
+    @property
+    def mark_path(self) -> Path:
+        return self.home.journal_mark
+
+    def verified_mark(self) -> dict | None:
+        """``{"seq", "hash", "time"}`` of the last verification that passed (None: never, or a mark of
+        another journal or key). Not signed: it only saves work, a full verification trusts nothing."""
+        try:
+            with open(self.mark_path, encoding="utf-8") as fh:
+                doc = json.load(fh)
+        except (OSError, ValueError):
+            return None
+        if (not isinstance(doc, dict) or doc.get("journal_id") != self.journal_id
+                or doc.get("key_fingerprint") != self.key_fingerprint or type(doc.get("seq")) is not int
+                or doc["seq"] < 0 or not isinstance(doc.get("hash"), str) or not isinstance(doc.get("time"), str)):
+            return None
+        return {"seq": doc["seq"], "hash": doc["hash"], "time": doc["time"]}
+
+    def _save_mark(self, seq: int, head: str) -> None:
+        from fieldkit.fsutil import atomic_write
+
+        doc = {"journal_id": self.journal_id, "key_fingerprint": self.key_fingerprint, "seq": seq, "hash": head,
+               "time": utc_now()}
+        try:  # a lost mark costs one full verification, so no fsync
+            atomic_write(self.mark_path, json.dumps(doc) + "\n", mode=0o600, durable=False)
+        except OSError:
+            pass
+
+    def _drop_mark(self) -> None:
+        try:
+            os.unlink(self.mark_path)
+        except OSError:
+            pass
 
 
 def setup_operator(home: Home, name: str) -> dict:

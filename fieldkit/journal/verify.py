@@ -21,17 +21,19 @@ Row = Sequence[Any]  # (seq, time, operator, device, action, outcome, details_te
 def verify_rows(rows: Iterable[Row], journal_id: str, public_key: Any, checkpoints: Sequence[Checkpoint],
                 *, acked: Sequence[tuple[str, int]] = (), workers: int | None = None,
                 progress: Callable[[int], None] | None = None,
-                cancel: threading.Event | None = None) -> VerifyResult:
+                cancel: threading.Event | None = None, start: tuple[int, str] = (0, GENESIS)) -> VerifyResult:
     """Check ``rows`` (in seq order) and report the first bad seq and why.
 
     Hashes and links are checked in order; signatures are checked in chunks on a thread pool
     (the ECDSA verification releases the GIL). Checkpoints and receivers' acknowledgements
-    catch a journal cut short.
+    catch a journal cut short. ``start``: (seq, hash) of the entry the rows follow, already
+    verified (rows then begin at seq + 1); a checkpoint for that seq must name that hash.
     """
     res = VerifyResult(ok=True, journal_id=journal_id, key_fingerprint=key_fingerprint(public_key),
-                       checkpoints=len(checkpoints))
+                       checkpoints=len(checkpoints), verified_from=start[0])
     by_seq = {c.seq: c for c in checkpoints}
-    expected, prev = 1, GENESIS
+    expected, prev = start[0] + 1, start[1]
+    start_cp = by_seq.get(start[0]) if start[0] else None
     chain_bad: tuple[int, str, str] | None = None
     chunk: list[tuple[int, bytes, str]] = []
     futures = []
@@ -79,6 +81,9 @@ def verify_rows(rows: Iterable[Row], journal_id: str, public_key: Any, checkpoin
     if sig_bad is not None and (chain_bad is None or sig_bad < chain_bad[0]):
         return res.fail(sig_bad, "bad signature", f"seq {sig_bad} has a bad signature: it was not signed "
                         "by this journal's operator key")
+    if chain_bad is None and start_cp is not None and start_cp.head != start[1]:
+        chain_bad = (start[0], "rewritten", f"seq {start[0]} differs from the checkpoint signed for it on "
+                     f"{start_cp.time} ({start_cp.witness or 'local'}): the journal was rewritten")
     if chain_bad is not None:
         return res.fail(*chain_bad)
     for cp in sorted(checkpoints, key=lambda c: c.seq):

@@ -9,8 +9,7 @@ inventory names and profiles, journaling and witnessing belong to the device ses
 from __future__ import annotations
 
 import shlex
-import threading
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from fieldkit.errors import ConnectError
 from fieldkit.link.client import DeviceLink
@@ -33,7 +32,7 @@ def open_link(target: str, *, name: str, home: Home, timeout: float = 15.0, dead
     if isinstance(parsed, SshTarget):
         return _connect_ssh(name, parsed, home, timeout, dead_after_s, tuple(python_candidates), become)
     if isinstance(parsed, SerialTarget):
-        return _connect_serial(name, parsed, timeout, dead_after_s)
+        return _connect_serial(name, parsed, home, timeout, dead_after_s)
     raise ConnectError(f"{name}: unsupported target {target}")
 
 
@@ -70,48 +69,6 @@ def _connect_ssh(name: str, target: SshTarget, home: Home, timeout: float, dead_
     return _start(link, timeout, stream)
 
 
-class _SerialPort:
-    """pyserial as a raw port (fieldkit.agent.streams interface)."""
-
-    def __init__(self, path: str, baud: int) -> None:
-        import serial
-
-        try:
-            self._port = serial.Serial(path, baud, timeout=0.05, write_timeout=10, exclusive=True)
-        except (serial.SerialException, OSError) as exc:
-            raise ConnectError(f"cannot open serial port {path}: {exc}",
-                               hint="check the cable and that no other program holds the port") from exc
-        self._lock = threading.Lock()
-
-    def read_some(self, n: int, timeout: float) -> bytes:
-        import serial
-
-        try:
-            if self._port.timeout != timeout:
-                self._port.timeout = timeout
-            first = self._port.read(1)
-            if not first:
-                return b""
-            waiting = self._port.in_waiting
-            return first + (self._port.read(min(n - 1, waiting)) if waiting and n > 1 else b"")
-        except serial.SerialException as exc:
-            raise OSError(str(exc)) from exc
-
-    def write(self, data: bytes) -> None:
-        import serial
-
-        try:
-            self._port.write(data)
-        except serial.SerialException as exc:
-            raise OSError(str(exc)) from exc
-
-    def close(self) -> None:
-        try:
-            self._port.close()
-        except Exception:
-            pass
-
-
 class _SerialStream:
     """One ARQ session as the link's stream; closing it ends the session and frees the port."""
 
@@ -129,18 +86,43 @@ class _SerialStream:
         self.arq.close(linger=0.2)
 
 
-def _connect_serial(name: str, target: SerialTarget, timeout: float, dead_after_s: float) -> DeviceLink:
-    from fieldkit.agent.arq import ArqLink
+def _connect_serial(name: str, target: SerialTarget, home: Home, timeout: float, dead_after_s: float) -> DeviceLink:
+    from fieldkit.link import portlock
+    from fieldkit.link.serialport import PortUnavailable, SerialPort
 
-    port = _SerialPort(target.path, target.baud)
-    arq = ArqLink(port, name=target.path, dead_after=dead_after_s)
     try:
-        session = arq.connect(timeout=min(timeout, 10.0))
+        port = SerialPort.open_port(target.path, target.baud)
+    except PortUnavailable as exc:
+        if exc.status == "busy":  # another fieldkit: say who, since when, and how to get the port back
+            raise portlock.busy_error(home, target.path, name, exc) from exc
+        raise
+    portlock.claim(home, target.path, name)  # the holder record beside the port's lock
+    try:
+        return serial_handshake(port, name=name, session_timeout=min(timeout, 10.0), timeout=timeout,
+                                dead_after_s=dead_after_s, on_close=lambda: portlock.unclaim(home, target.path))
+    except BaseException:
+        portlock.unclaim(home, target.path)
+        raise
+
+
+def serial_handshake(port: Any, *, name: str, session_timeout: float, timeout: float, dead_after_s: float = 6.0,
+                     close_port: bool = True, on_close: Callable[[], None] | None = None) -> DeviceLink:
+    """The serial handshake on an open :class:`~fieldkit.link.serialport.SerialPort` at its current
+    baud: ARQ session requests (RESET) for up to ``session_timeout`` s, then the agent's hello.
+
+    ConnectError when nothing answered; then nothing but those requests was sent, and the port is
+    closed unless ``close_port`` is False (``fieldkit devices scan`` tries the next baud on it)."""
+    from fieldkit.agent.arq import ArqLink
+    from fieldkit.link.serialport import NoAgentAnswer
+
+    arq = ArqLink(port, name=port.path, dead_after=dead_after_s, close_port=close_port)
+    try:
+        session = arq.connect(timeout=session_timeout)
     except (TimeoutError, OSError) as exc:
-        arq.close()
-        raise ConnectError(f"{name}: no fieldkit agent answered on {target.path} at {target.baud} baud",
+        arq.abort()
+        raise NoAgentAnswer(f"{name}: no fieldkit agent answered on {port.path} at {port.baud} baud",
                            hint="check the cable and baud rate, and that `fieldkit-agent serve --serial` "
                                 "runs on the device") from exc
     link = DeviceLink(_SerialStream(arq, session), name=name, transport="serial", dead_after_s=dead_after_s,
-                      arq=arq)
+                      arq=arq, on_close=on_close)
     return _start(link, timeout, None)

@@ -188,6 +188,7 @@ def _start_transport(sock: Any, res: ResolvedSsh, key_types: list[str], timeout:
                 raise ConnectError(f"paramiko cannot check {'/'.join(key_types)} host keys")
             opts.key_types = supported + rest
     done = threading.Event()
+    started = time.monotonic()
     try:
         t.start_client(event=done)
     except Exception as exc:
@@ -197,14 +198,30 @@ def _start_transport(sock: Any, res: ResolvedSsh, key_types: list[str], timeout:
     if not done.wait(2 * timeout + 1) or not t.is_active():
         exc = t.get_exception()
         t.close()
-        raise _handshake_error(res, exc, timeout, proxy)
+        raise _handshake_error(res, exc, timeout, proxy, time.monotonic() - started,
+                               greeted=bool(getattr(t, "remote_version", "")))
     return t
 
 
+def _root_cause(exc: BaseException | None) -> BaseException | None:
+    """What happened on the socket under paramiko's wrapping ("Error reading SSH protocol
+    banner" hides whether the peer closed, reset or never answered)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, (EOFError, OSError)):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
 def _handshake_error(res: ResolvedSsh, exc: BaseException | None, timeout: float,
-                     proxy: _ProxyProcess | None) -> ConnectError:
+                     proxy: _ProxyProcess | None, elapsed: float | None = None,
+                     greeted: bool = False) -> ConnectError:
+    """Say what happened, after how long: a peer that hangs up at once is not one that said
+    nothing for ``timeout`` seconds."""
     import paramiko
 
+    waited = f"{elapsed:.1f} s" if elapsed is not None else "a moment"
     text = str(exc) if exc else "no answer"
     extra = ""
     if proxy is not None:
@@ -216,12 +233,25 @@ def _handshake_error(res: ResolvedSsh, exc: BaseException | None, timeout: float
                 f"the SSH handshake" + (f": {said}" if said else ""),
                 hint="run the command by hand to see why; check ProxyCommand in ~/.ssh/config")
         extra = f"; ProxyCommand `{proxy.command}`" + (f" said: {said}" if said else "")
+    cause = _root_cause(exc)
+    if isinstance(cause, EOFError) or (isinstance(cause, OSError) and not isinstance(cause, socket.timeout)):
+        if isinstance(cause, EOFError):
+            what = "closed the connection"
+        elif isinstance(cause, ConnectionResetError):
+            what = "reset the connection"
+        else:
+            what = f"broke the connection ({cause.strerror or cause})"
+        phase = "during the SSH handshake" if greeted else "before sending an SSH greeting"
+        return ConnectError(f"{res.display} {what} after {waited}, {phase}{extra}",
+                            hint="a device still booting may accept connections before sshd is ready; "
+                                 "sshd also drops connections it will not serve (MaxStartups, hosts.deny, "
+                                 "fail2ban); or this is not the SSH port")
     if isinstance(exc, paramiko.IncompatiblePeer):
         return ConnectError(f"{res.display} speaks SSH but shares no algorithms with paramiko: "
                             f"{text}", hint="the device's sshd may be very old or locked down")
-    if "banner" in text.lower() or isinstance(exc, (EOFError, socket.timeout)):
+    if "banner" in text.lower() or isinstance(exc, (EOFError, socket.timeout)) or exc is None:
         return ConnectError(f"{res.display} did not answer as an SSH server within {timeout:g} s "
-                            f"({text.strip() or type(exc).__name__}){extra}",
+                            f"(waited {waited}: {text.strip() or type(exc).__name__}){extra}",
                             hint="is this the SSH port? a device still booting may accept the "
                                  "connection before sshd is ready")
     return ConnectError(f"SSH handshake with {res.display} failed: {text}{extra}")

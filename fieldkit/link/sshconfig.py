@@ -114,6 +114,55 @@ def _lookup(host: str, user: str | None, port: int | None) -> dict[str, Any]:
                           hint="fix the file (ssh -G HOST shows what OpenSSH makes of it)") from exc
 
 
+_HOST_LINE = re.compile(r"^\s*host(?:\s*=\s*|\s+)(.+)$", re.IGNORECASE)
+
+
+def config_names_host(name: str) -> bool:
+    """Whether a ``Host`` line of the SSH config matches ``name`` (a pattern like ``cam-*``
+    counts; a line whose only match is the catch-all ``*`` does not, nor one a ``!pattern`` on it
+    excludes), as OpenSSH would match it."""
+    from fnmatch import fnmatchcase
+
+    for line in _read_config_text().splitlines():
+        match = _HOST_LINE.match(line)
+        if not match:
+            continue
+        try:
+            patterns = shlex.split(match.group(1), comments=True)
+        except ValueError:
+            patterns = match.group(1).split()
+        if any(p.startswith("!") and fnmatchcase(name, p[1:]) for p in patterns):
+            continue
+        if any(p != "*" and not p.startswith("!") and fnmatchcase(name, p) for p in patterns):
+            return True
+    return False
+
+
+def hosts_file_names(path: Path = Path("/etc/hosts")) -> set[str]:
+    """The host names ``/etc/hosts`` lists (``localhost``, a plant's static names): no DNS asked."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    return {n for line in text.splitlines() for n in line.split("#", 1)[0].split()[1:]}
+
+
+def names_a_host(text: str) -> bool:
+    """Whether ``text`` (a target that is no inventory name) can mean a machine: every target form
+    does (``ssh://host``, ``user@host``, an address, a dotted host name, ``serial:``, ``local:``)
+    except a bare single word, which does only when the SSH config has a ``Host`` for it or
+    ``/etc/hosts`` lists it. Any other bare word is far more likely a mistyped device name than a
+    host name DNS should be asked about (``fieldkit health lin3-cam``). ConfigError when ``text``
+    is not a target at all."""
+    target = parse_target(text)
+    if not isinstance(target, SshTarget) or target.alias is None:
+        return True  # serial:, local:, ssh://..., user@host
+    host = target.host
+    if "." in host or ":" in host:
+        return True  # a dotted name, an IPv4 or IPv6 address
+    return config_names_host(host) or host in hosts_file_names()
+
+
 def as_ssh_target(target: SshTarget | str) -> SshTarget:
     """Accept a target string (``ssh://...`` or an alias) where an :class:`SshTarget` is wanted."""
     parsed = parse_target(target) if isinstance(target, str) else target

@@ -12,7 +12,9 @@ from fieldkit.link.ssh import SshSession
 
 
 DEFAULT_PYTHONS = ("python3", "/usr/bin/python3", "/usr/local/bin/python3", "python3.13",
-                   "python3.12", "python3.11", "python3.10", "python3.9")
+                   "python3.12", "python3.11", "python3.10", "python3.9", "python3.8", "python3.7", "python3.6")
+"""Tried in order. The agent runs on Python >= 3.6: JetPack 4 (Ubuntu 18.04) ships 3.6, JetPack 5 3.8."""
+MIN_PYTHON = (3, 6)
 
 
 # --------------------------------------------------------------------------- agent push
@@ -31,8 +33,8 @@ class PushedAgent:
 
 
 _MARK = "@@fk"
-_VERSION_CODE = ("import sys; v = sys.version_info; "
-                 "print('%d.%d.%d %s' % (v[0], v[1], v[2], 'ok' if v >= (3, 9) else 'old'))")
+_VERSION_CODE = ("import sys; v = sys.version_info; "  # also runs on Python 2: says "old" there
+                 "print('%%d.%%d.%%d %%s' %% (v[0], v[1], v[2], 'ok' if v >= (%d, %d) else 'old'))" % MIN_PYTHON)
 _HASH_CODE = ("import hashlib, sys; h = hashlib.sha256(); f = open(sys.argv[1], 'rb'); "
               "[h.update(b) for b in iter(lambda: f.read(1 << 20), b'')]; print(h.hexdigest())")
 
@@ -82,7 +84,7 @@ def push_agent(session: SshSession, zipapp_bytes: bytes, digest: str,
                python_candidates: tuple[str, ...] = DEFAULT_PYTHONS, *,
                timeout: float = 60.0) -> PushedAgent:
     """Make sure ``~/.cache/fieldkit/agent-<digest[:16]>.pyz`` on the device holds exactly
-    ``zipapp_bytes`` (sha256 ``digest``) and find a Python >= 3.9 to run it.
+    ``zipapp_bytes`` (sha256 ``digest``) and find a Python >= 3.6 to run it.
 
     One shell round trip probes the interpreters and the cached copy; the archive is uploaded
     only when missing or stale (to a temp name, hash-checked on the device, then renamed; older
@@ -124,7 +126,7 @@ def push_agent(session: SshSession, zipapp_bytes: bytes, digest: str,
                            hint="the device needs a POSIX shell at /bin/sh for fieldkit's agent")
     if python is None:
         raise ConnectError(f"no usable Python on {session.name}: " + "; ".join(tried),
-                           hint="install python3 (>= 3.9) on the device, or list its interpreter "
+                           hint="install python3 (>= %d.%d) on the device, or list its interpreter " % MIN_PYTHON +
                                 "in the device profile's transport.python")
     if not dir_ok:
         raise ConnectError(f"cannot create the agent cache {directory} on {session.name}",

@@ -20,7 +20,14 @@ from pathlib import Path
 from fieldkit.fsutil import atomic_write
 
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)
-_MAIN = b"import sys\nfrom fieldkit.agent.__main__ import main\nsys.exit(main())\n"
+# Parses under Python 2 too, so an old interpreter gets one clear line instead of a SyntaxError.
+_MAIN = (b"import sys\n"
+         b"if sys.version_info < (3, 6):\n"
+         b"    sys.stderr.write('fieldkit-agent: needs Python 3.6 or later; %s is Python %s\\n'"
+         b" % (sys.executable, sys.version.split()[0]))\n"
+         b"    sys.exit(2)\n"
+         b"from fieldkit.agent.__main__ import main\n"
+         b"sys.exit(main())\n")
 
 
 @dataclass(frozen=True)

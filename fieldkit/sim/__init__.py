@@ -4,13 +4,19 @@
   exec channel runs commands in a device root under a temp dir; fieldkit pushes and starts
   the agent there exactly as on a real device.
 * Serial devices are two pty pairs joined by a relay, with ``fieldkit-agent serve --serial``
-  on one end and the laptop's ``serial:///dev/pts/N`` on the other. Their image has the
+  on one end and the laptop's ``serial:///dev/pts/N`` on the other: the agent installed in the
+  device's image where install.sh puts it, run by a simulated systemd unit that restarts it
+  (:mod:`fieldkit.sim.unit`; ``fieldkit agent upgrade`` replaces it for real). Their image has the
   operator's public key (``fieldkit init``) in ``etc/fieldkit/operators``, as a real device's image
   would (``fieldkit agent bundle --operator-key``), so the operator may change them over serial;
   ``operator_key=False`` makes devices without one (they refuse every change over serial).
 
 They are registered in the current FIELDKIT_HOME (inventory and known_hosts) while running and
 removed again on stop. The health they report is this machine's real health.
+
+A serial device's cable can behave like a real one (:class:`SerialLine`): ``baud`` throttles each
+direction to ``baud / 10`` bytes/s (8N1), and ``line_errors`` is the probability per byte of a fault,
+split evenly between a dropped, a flipped and an inserted byte (seeded with ``line_seed``).
 """
 
 from __future__ import annotations
@@ -34,6 +40,25 @@ DEVICE_DIRS = (
 )
 
 
+#: the rates a serial port (and termios) knows; ptys ignore them, the relay's throttle does not
+STANDARD_BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
+MAX_LINE_ERRORS = 0.01
+
+
+@dataclass
+class SerialLine:
+    """How a simulated serial cable behaves (written to the sim's state file)."""
+
+    baud: int
+    """the device's and the laptop's baud rate (the target's ``?baud=``)"""
+    bytes_per_second: float | None
+    """each direction's throttle, ``baud / 10`` (8N1); None: as fast as the ptys go"""
+    line_errors: float
+    """probability per byte of a fault: a third each dropped, flipped, inserted"""
+    line_seed: int | None
+    """seed of the fault injector (None: a fresh random line each run)"""
+
+
 @dataclass
 class SimDevice:
     name: str
@@ -41,6 +66,27 @@ class SimDevice:
     transport: str
     root: str
     host_key_fingerprint: str | None
+    line: SerialLine | None = None
+    """serial devices: their cable (None for SSH devices)"""
+
+
+def serial_line(baud: int | None, line_errors: float = 0.0, line_seed: int | None = None) -> SerialLine:
+    """Validate a simulated cable's settings (ConfigError, exit 2). ``baud`` None or 0: unthrottled
+    at a nominal 115200 baud."""
+    from fieldkit.errors import ConfigError
+
+    if baud and baud not in STANDARD_BAUDS:
+        raise ConfigError(f"--baud {baud} is not a serial port rate",
+                          hint="use one of " + ", ".join(str(b) for b in STANDARD_BAUDS) + " (or 0: unthrottled)")
+    if baud is not None and baud < 0:
+        raise ConfigError(f"--baud {baud} is negative", hint="use 115200, or 0 for an unthrottled line")
+    rate = float(line_errors)
+    if not 0.0 <= rate <= MAX_LINE_ERRORS:  # also refuses NaN
+        raise ConfigError(f"--line-errors {line_errors} is outside 0..{MAX_LINE_ERRORS}",
+                          hint="a probability per byte: 1e-5 is a long cable in a plant, 1e-3 a very "
+                               "noisy one; above 1e-2 no serial protocol gets a frame through")
+    return SerialLine(baud=baud or 115200, bytes_per_second=baud / 10 if baud else None, line_errors=rate,
+                      line_seed=line_seed)
 
 
 def make_device_root(path: Path) -> Path:
@@ -72,8 +118,11 @@ class Simulation:
     """Start with :meth:`start`, stop with :meth:`stop` (or use as a context manager)."""
 
     def __init__(self, home: Home, *, ssh: int = 1, serial: int = 1, prefix: str = "sim",
-                 profile: str = "generic-linux", base_dir: Path | None = None, operator_key: bool = True) -> None:
+                 profile: str = "generic-linux", base_dir: Path | None = None, operator_key: bool = True,
+                 baud: int | None = None, line_errors: float = 0.0, line_seed: int | None = None) -> None:
         self.home = home
+        self.line = serial_line(baud, line_errors, line_seed)
+        """every serial device's cable (the fault injector of each is in ``faults``)"""
         self.operator_key = operator_key
         self.n_ssh = ssh
         self.n_serial = serial
@@ -84,6 +133,7 @@ class Simulation:
         self.devices: list[SimDevice] = []
         self.ssh_servers: dict[str, Any] = {}
         self.relays: dict[str, Any] = {}
+        self.faults: dict[str, Any] = {}
         self.agents: dict[str, subprocess.Popen] = {}
         self._registered: list[tuple[str, str | None]] = []
 
@@ -135,31 +185,50 @@ class Simulation:
         self.devices.append(SimDevice(name, target, "ssh", str(root), fingerprint(server.host_key)))
 
     def start_serial_agent(self, name: str) -> subprocess.Popen:
+        """Start the device's agent unit: the installed zipapp, restarted as systemd restarts it
+        (:mod:`fieldkit.sim.unit`); the Popen is the unit's."""
+        from fieldkit.sim.unit import UNITS_ENV, installed_agent, unit_command, unit_name, write_systemctl
+
         relay = self.relays[name]
         root = self.base / name
+        units = self.base / "units"
+        units.mkdir(exist_ok=True)
+        unit = unit_name(name)
+        env = dict(os.environ, FIELDKIT_AGENT_UNIT=unit)
+        env["FIELDKIT_AGENT_SYSTEMCTL"] = str(write_systemctl(self.base / "bin"))
+        env[UNITS_ENV] = str(units)
         log = open(self.base / f"{name}.agent.log", "ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fieldkit.agent", "serve", "--serial", relay.device_path,
-             "--baud", "115200", "--root", str(root)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            unit_command(unit, units, [sys.executable, str(installed_agent(root)), "serve", "--serial",
+                                       relay.device_path, "--baud", str(self.line.baud), "--root", str(root)]),
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
         log.close()
         self.agents[name] = proc
         return proc
 
     def _start_serial(self, name: str) -> None:
         from fieldkit.inventory import add_device
-        from fieldkit.sim.ptyrelay import PtyRelay
+        from fieldkit.sim.ptyrelay import FaultInjector, PtyRelay
+
+        from fieldkit.sim.unit import install_agent
 
         root = make_device_root(self.base / name)
         if self.operator_key:
             provision_operator_key(self.home, root)
-        relay = PtyRelay()
+        install_agent(root)  # as the device's install.sh did: the unit serves the installed agent
+        line = self.line
+        fault = None
+        if line.line_errors:
+            third = line.line_errors / 3
+            seed = None if line.line_seed is None else f"{line.line_seed}/{name}"
+            fault = self.faults[name] = FaultInjector(drop_rate=third, flip_rate=third, insert_rate=third, seed=seed)
+        relay = PtyRelay(fault=fault, bytes_per_second=line.bytes_per_second)
         self.relays[name] = relay
         self.start_serial_agent(name)
-        target = f"serial://{relay.laptop_path}?baud=115200"
+        target = f"serial://{relay.laptop_path}?baud={line.baud}"
         add_device(self.home, name, target, profile=self.profile, replace=True)
         self._registered.append((name, None))
-        self.devices.append(SimDevice(name, target, "serial", str(root), None))
+        self.devices.append(SimDevice(name, target, "serial", str(root), None, line))
 
     # ---- control (tests and the demo pull cables and reboot devices) ----------------------------
     def stop_device(self, name: str) -> None:
@@ -204,6 +273,7 @@ class Simulation:
         for relay in self.relays.values():
             relay.close()
         self.relays.clear()
+        self.faults.clear()
         for name, host in self._registered:
             try:
                 remove_device(self.home, name)

@@ -11,7 +11,13 @@ slaves set raw), exactly as they would open ``/dev/ttyUSB0``.  The relay can
   :meth:`PtyRelay.resume`;
 * emulate a baud rate: ptys ignore termios speeds, so ``bytes_per_second`` throttles each
   direction (the sender then blocks as it would on a real UART);
-* inject raw bytes into the line (:meth:`PtyRelay.inject`).
+* inject raw bytes into the line (:meth:`PtyRelay.inject`);
+* emulate two UARTs (``uart=True``): each side's speed is the termios speed its program set on
+  its pty (the relay holds both slaves and reads it for every chunk); when the two differ, the
+  receiving side gets what a UART at its speed samples from the sender's bit stream (8N1, a
+  framing error reads as a NUL byte, as Linux delivers it in raw mode) — garbage, as on a real
+  cable with the wrong baud rate, so a test can tell which baud a program really chose.
+  Each chunk read from a side is taken as sent back to back after an idle line.
 
 If one side closes its pty, reads on that master fail with ``EIO`` on Linux; the relay keeps
 going so that the side can reopen the device (by default the relay also holds each slave open,
@@ -25,6 +31,7 @@ import os
 import pty
 import random
 import select
+import termios
 import threading
 import time
 import tty
@@ -133,21 +140,70 @@ class FaultInjector(object):
             return bytes(out)
 
 
+_SPEEDS = dict((getattr(termios, "B%d" % _b), _b) for _b in (
+    50, 75, 110, 134, 150, 200, 300, 600, 1200, 1800, 2400, 4800, 9600, 19200, 38400, 57600,
+    115200, 230400, 460800, 500000, 576000, 921600, 1000000, 1152000, 1500000, 2000000, 2500000,
+    3000000, 3500000, 4000000) if hasattr(termios, "B%d" % _b))
+
+
+def uart_resample(data, tx_baud, rx_baud):
+    """What a UART at ``rx_baud`` reads from ``data`` sent back to back at ``tx_baud`` (8N1).
+
+    The receiver waits for a falling edge (start bit), checks the start bit at its middle, samples
+    eight data bits and the stop bit at the middle of each of *its* bit times; a low stop bit is a
+    framing error (read as NUL). Equal speeds return ``data`` unchanged."""
+    if tx_baud == rx_baud or not data:
+        return data
+    bits = []
+    for b in bytearray(data):
+        bits.append(0)
+        bits.extend((b >> i) & 1 for i in range(8))
+        bits.append(1)
+    n = len(bits)
+    r = float(tx_baud) / float(rx_baud)  # one receiver bit time, in sender bit times
+
+    def level(t):
+        i = int(t)
+        return bits[i] if i < n else 1
+
+    out = bytearray()
+    t = 0.0
+    while True:
+        i = int(math.ceil(t))
+        while i < n and not (bits[i] == 0 and (i == 0 or bits[i - 1] == 1)):
+            i += 1
+        if i >= n:
+            return bytes(out)
+        if level(i + 0.5 * r) != 0:  # a glitch, not a start bit
+            t = i + 0.5 * r
+            continue
+        byte = 0
+        for k in range(8):
+            if level(i + (1.5 + k) * r):
+                byte |= 1 << k
+        out.append(byte if level(i + 9.5 * r) else 0)
+        t = i + 9.5 * r
+
+
 class PtyRelay(object):
     """Two pty pairs joined by a copying thread: ``device_path`` <-> ``laptop_path``.
 
     ``stats`` counts bytes read from each side (``to_laptop``, ``to_device``), bytes delivered
-    (``delivered_to_laptop``, ``delivered_to_device``), ``dropped_paused``, ``dropped_overflow``
-    and ``injected``.
+    (``delivered_to_laptop``, ``delivered_to_device``), ``dropped_paused``, ``dropped_overflow``,
+    ``injected`` and (``uart=True``) ``baud_mismatch``: bytes read while the two sides' speeds differed.
     """
 
-    def __init__(self, fault=None, bytes_per_second=None, hold_slaves=True, buffer_limit=1 << 20):
+    def __init__(self, fault=None, bytes_per_second=None, hold_slaves=True, buffer_limit=1 << 20,
+                 uart=False):
+        if uart and not hold_slaves:
+            raise ValueError("uart=True reads each side's speed from the slaves the relay holds")
         self.fault = fault
+        self.uart = uart
         self.bytes_per_second = float(bytes_per_second) if bytes_per_second else None
         self.buffer_limit = int(buffer_limit)
         self.stats = {"to_laptop": 0, "to_device": 0, "delivered_to_laptop": 0,
                       "delivered_to_device": 0, "dropped_paused": 0, "dropped_overflow": 0,
-                      "injected": 0, "eio": 0}
+                      "injected": 0, "eio": 0, "baud_mismatch": 0}
         self._lock = threading.Lock()
         self._paused = False
         self._closed = False
@@ -329,6 +385,10 @@ class PtyRelay(object):
             if self._paused:
                 self.stats["dropped_paused"] += len(data)
                 return
+        if self.uart:
+            data = self._uart(data, direction)
+            if not data:
+                return
         fault = self.fault
         if fault is not None:
             data = fault(data, direction)
@@ -341,6 +401,25 @@ class PtyRelay(object):
                 d["inq"] += data
             else:
                 self._to_outq(d, data)
+
+    def speeds(self):
+        """``(device_baud, laptop_baud)`` as each side's program set its pty (None: unknown)."""
+        out = []
+        for fd in self._slaves:
+            try:
+                out.append(_SPEEDS.get(termios.tcgetattr(fd)[5]))
+            except (OSError, termios.error):
+                out.append(None)
+        return tuple(out) if len(out) == 2 else (None, None)
+
+    def _uart(self, data, direction):
+        dev, lap = self.speeds()
+        tx, rx = (dev, lap) if direction == TO_LAPTOP else (lap, dev)
+        if tx is None or rx is None or tx == rx:
+            return data
+        with self._lock:
+            self.stats["baud_mismatch"] += len(data)
+        return uart_resample(data, tx, rx)
 
     def _to_outq(self, d, data):
         room = self.buffer_limit - len(d["outq"])

@@ -32,7 +32,9 @@ from pydantic import ValidationError
 
 from fieldkit.errors import DeviceError
 # The models are this package's face: ``wire.HealthResult``, ``wire.Count``, ...
+from fieldkit.wire.agentupgrade import *  # noqa: F403
 from fieldkit.wire.bench import *  # noqa: F403
+from fieldkit.wire.identity import *  # noqa: F403
 from fieldkit.wire.ops import *  # noqa: F403
 from fieldkit.wire.release import *  # noqa: F403
 from fieldkit.wire.types import *  # noqa: F403
@@ -42,6 +44,7 @@ from fieldkit.wire.types import *  # noqa: F403
 RESULT_MODELS: dict[str, type[WireModel]] = {
     "ping": PingResult,
     "health": HealthResult,
+    "identity": IdentityResult,
     "stat": StatResult,
     "hash": HashResult,
     "remove": RemoveResult,
@@ -52,6 +55,7 @@ RESULT_MODELS: dict[str, type[WireModel]] = {
     "bench_model": BenchModelResult,
     "bench": BenchResult,
     **RELEASE_RESULT_MODELS,
+    **AGENT_UPGRADE_RESULT_MODELS,
 }
 """Operation -> model of its result. A new agent operation gets its model here."""
 
@@ -157,6 +161,8 @@ def _validate(model: type[WireModel], doc: Any, device: str, what: str, op: str)
 def parse_result(op: Literal["ping"], doc: Any, *, device: str) -> PingResult: ...
 @overload
 def parse_result(op: Literal["health"], doc: Any, *, device: str) -> HealthResult: ...
+@overload
+def parse_result(op: Literal["identity"], doc: Any, *, device: str) -> IdentityResult: ...
 @overload
 def parse_result(op: Literal["stat"], doc: Any, *, device: str) -> StatResult: ...
 @overload

@@ -58,6 +58,8 @@ class HelloHeader(WireModel):
     """Changing operations need ``auth_challenge``/``auth_response`` first (serial)."""
     max_frame: Count | None = None
     max_in_flight: Count | None = None
+    put_progress: bool | None = None
+    """Uploads are acknowledged as they land (``received`` events); None from older agents."""
 
 
 class AgentFailure(WireModel):
@@ -116,6 +118,15 @@ class CpuInfo(WireModel):
     per_core: Annotated[list[Number | None], Field(max_length=MAX_CORES)] = []
     load: Annotated[list[Number], Field(max_length=16)] | None = None
     """1, 5 and 15 minute load averages (None where the OS has none)."""
+    # How ``percent`` was measured; older agents leave these out (their percent includes fieldkit)
+    raw_percent: Number | None = None
+    """Busy share of all cores including fieldkit's own processes."""
+    excluded_self_percent: Number | None = None
+    """Share of all cores fieldkit's own processes used in the window (taken out of ``percent``)."""
+    window_s: Number | None = None
+    """Length of the sample window in seconds."""
+    method: Text | None = None
+    """How the device measured it, in words."""
 
 
 class CpuFreqCore(WireModel):

@@ -433,7 +433,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tiny", action="store_true", help="anomaly-tabular model, 1 round: a quick check that all runs")
+    ap.add_argument("--json", action="store_true", help="accepted for the suite's convention: the last line "
+                    "printed is always the one-line JSON summary")
     a = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _needs import require
+
+    require(__file__, modules=("onnx", "model_signing"), programs=("sshd", "ssh", "scp", "openssl", "model_signing"))
     model = "anomaly-tabular" if a.tiny else "mobilenetv2-like"
     rounds = 1 if a.tiny else max(1, a.rounds)
     work = Path(tempfile.mkdtemp(prefix="fieldkit-bench-install-"))

@@ -11,7 +11,10 @@
    WAL + FULL) on 127.0.0.1, batches of 500, with the receiver checking every hash and link and
    (a) each batch's signature (default), (b) every entry's signature.  Target >= 20,000/s.
 
-    python scripts/bench/journal.py [--entries 10000] [--rounds 3]
+    python scripts/bench/journal.py [--entries 10000] [--rounds 3] [--tiny] [--json]
+
+``--tiny`` (300 entries, 1 round, 1 s of openssl speed) only checks that every part runs; the test
+suite runs it. ``--json``: the last line printed is a one-line JSON summary.
 """
 
 from __future__ import annotations
@@ -67,10 +70,11 @@ def bench_raw_sqlite(path: Path, n: int, row: tuple) -> float:
     return rate
 
 
-def openssl_ecdsa() -> dict | None:
+def openssl_ecdsa(seconds: int = 3) -> dict | None:
     if not shutil.which("openssl"):
         return None
-    out = subprocess.run(["openssl", "speed", "-seconds", "3", "ecdsap256"], capture_output=True, text=True).stdout
+    out = subprocess.run(["openssl", "speed", "-seconds", str(seconds), "ecdsap256"], capture_output=True,
+                         text=True).stdout
     m = re.search(r"256 bits ecdsa \(nistp256\)\s+\S+s\s+\S+s\s+([\d.]+)\s+([\d.]+)", out)
     return {"sign_per_s": float(m.group(1)), "verify_per_s": float(m.group(2))} if m else None
 
@@ -105,8 +109,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--entries", type=int, default=10000)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--tiny", action="store_true", help="300 entries, 1 round: a quick check that it all runs")
+    ap.add_argument("--json", action="store_true", help="end with a one-line JSON summary")
     args = ap.parse_args()
+    if args.tiny:
+        args.entries, args.rounds = 300, 1
     out: dict = {"entries": args.entries, "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="fieldkit-bench-journal-", dir=os.environ.get("BENCH_DIR")) as tmp:
         work = Path(tmp)
@@ -120,7 +127,7 @@ def main() -> int:
             with Journal.open(home) as j:
                 row = j.rows_after(0, 1)[0]
             raw.append(bench_raw_sqlite(work / f"raw-{r}.db", args.entries // args.rounds, row))
-        ossl = openssl_ecdsa()
+        ossl = openssl_ecdsa(1 if args.tiny else 3)
         out["appends_per_s"] = statistics.median(appends)
         out["raw_sqlite_full_commits_per_s"] = statistics.median(raw)
         out["openssl"] = ossl
@@ -152,7 +159,7 @@ def main() -> int:
             print(f"sync to 127.0.0.1, receiver --signatures {mode:5s} {out[f'sync_per_s_{mode}']:8,.0f}/s  rounds "
                   + ", ".join(f"{x:,.0f}" for x in rates) + ("  (target >= 20,000/s)" if mode == "batch" else ""))
     if args.json:
-        print(json.dumps(out, indent=2))
+        print(json.dumps(out))
     return 0
 
 

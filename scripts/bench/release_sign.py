@@ -74,6 +74,10 @@ def main() -> int:
     a = ap.parse_args()
     if a.tiny:
         a.mb, a.rounds = 2, 1
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _needs import require
+
+    require(__file__, modules=("model_signing",), programs=("model_signing", "openssl"))
 
     try:
         import model_signing.hashing
@@ -149,7 +153,7 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
 
     if a.json:
-        print(json.dumps({"mb": a.mb, "rounds": a.rounds, "cpus": os.cpu_count(), "rows": rows}, indent=2))
+        print(json.dumps({"mb": a.mb, "rounds": a.rounds, "cpus": os.cpu_count(), "rows": rows}))
         return 0
     print(f"release of {a.mb} MB random model, {a.rounds} round(s), median; ratio = fieldkit / reference "
           "(< 1: fieldkit faster)")

@@ -76,6 +76,10 @@ def main() -> int:
     if a.devices < 2 or not 0 <= a.serial < a.devices:
         raise SystemExit("--devices must be >= 2 and --serial below it")
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _needs import require
+
+    require(__file__, modules=("onnx",))  # the test models are built by scripts/make_models.py
     base = Path(tempfile.mkdtemp(prefix="fieldkit-bench-rollout-"))
     os.environ["FIELDKIT_HOME"] = str(base / "home")
     os.environ.setdefault("FIELDKIT_SSH_CONFIG", str(base / "ssh_config"))

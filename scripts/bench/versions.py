@@ -76,6 +76,10 @@ def main() -> int:
     if not 1 <= a.devices or not 0 <= a.serial < a.devices:
         raise SystemExit("--devices must be >= 1 and --serial below it (the one-device run is an SSH device)")
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _needs import require
+
+    require(__file__, modules=("onnx",))  # the test models are built by scripts/make_models.py
     base = Path(tempfile.mkdtemp(prefix="fieldkit-bench-versions-"))
     os.environ["FIELDKIT_HOME"] = str(base / "home")
     os.environ.setdefault("FIELDKIT_SSH_CONFIG", str(base / "ssh_config"))
@@ -150,7 +154,7 @@ def main() -> int:
         "all_ok": all_ok, "cpus": os.cpu_count(),
     }
     if a.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result))
     else:
         print(f"fieldkit versions: {len(names)} simulated devices ({result['ssh']} SSH, {a.serial} serial), "
               f"{a.rounds} rounds, {os.cpu_count()} CPUs; medians")
