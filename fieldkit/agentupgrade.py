@@ -33,6 +33,7 @@ from fieldkit.errors import Cancelled, ConfigError, ConnectError, DeviceError
 from fieldkit.journal import Journal
 from fieldkit.link.zipapp import AgentArchive, agent_archive
 from fieldkit.locations import Home
+from fieldkit.textfmt import TransferMeter
 
 ProgressFn = Callable[[dict], None]
 TRIAL_S = 90.0
@@ -196,9 +197,14 @@ def _run(home: Home, dev: ResolvedDevice, journal: Journal, link: dict, session:
         offset = partial if 0 < partial < size else 0
         _emit(progress, "upload", f"sending agent {new_version} ({size / 1e3:.0f} kB) to {staging}"
               + (f", resuming at {offset} bytes" if offset else ""), bytes_done=offset, bytes_total=size)
+        meter = TransferMeter(size, offset)  # rate and ETA as the install's transfer reports them
+
+        def on_bytes(done: int, total: int) -> None:
+            if meter.update(done) or done == total:
+                _emit(progress, "upload", f"sending agent {new_version}", **meter.fields())
+
         session.upload(local, staging, size=size, sha256=arch.sha256, offset=offset, cancel=cancel,
-                       progress=lambda done, total: _emit(progress, "upload", f"sending agent {new_version}",
-                                                          bytes_done=done, bytes_total=total),
+                       progress=on_bytes,
                        timeout=max(120.0, size / (64 * 1024)))
     if cancel is not None and cancel.is_set():
         raise Cancelled(f"agent upgrade of {dev.name} cancelled after the upload; the installed agent is unchanged "
@@ -268,7 +274,8 @@ def _await_new_agent(home: Home, dev: ResolvedDevice, journal: Journal, link: di
         left = deadline - time.monotonic()
         try:
             s = open_session(dev, home, journal=journal, timeout=min(link["timeout"], max(left, 2.0)),
-                             dead_after_s=link["dead_after_s"], witness=False)
+                             dead_after_s=link["dead_after_s"], witness=False,
+                             record_failure=False)  # the restart window: the result is journaled once
         except ConnectError as exc:
             problem = exc.message
             _pause(cancel, 0.5)

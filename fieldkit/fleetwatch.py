@@ -9,7 +9,9 @@ exponential backoff and jitter, and journals only:
 
 * ``connect`` and ``journal.witness`` once per session (as every connect does);
 * ``health.check`` when a device's health *status* changes, with the status it left and the
-  problems that explain the new one (the first sample of a device counts as a change);
+  problems that explain the new one (the first sample of a device counts as a change). A worse
+  status is journaled at once; a better one once it has held ``settle_polls`` polls in a row, so a
+  reading that flaps at a threshold is one entry, not one per flap (alarm hysteresis);
 * ``disconnect`` (failed) once when a session dies, with why; a device that cannot be reached is
   one failed ``connect`` — the attempts while it stays down are counted, not journaled one by one,
   and ``reconnect`` (info) says, once it is back, how long it was gone and after how many attempts;
@@ -34,7 +36,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from fieldkit.errors import Cancelled, ConnectError, FieldkitError, LinkLost
-from fieldkit.health import HealthReport, check_session, failed_report
+from fieldkit.checks import severity
+from fieldkit.health import HealthReport, check_session, failed_report, record_health
 from fieldkit.locations import Home
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,7 @@ class _Device:
         self.connected_at = 0.0
         self.port: str | None = None  # serial sessions: the laptop's port
         self.status: str | None = None  # the last health status journaled
+        self.better = 0  # polls in a row at a better status than the journaled one
         self.report: HealthReport | None = None
         self.failures = 0  # failed connect attempts in this outage
         self.down_since: float | None = None  # wall time the outage began
@@ -94,6 +98,7 @@ class FleetWatch:
     def __init__(self, home: Home, *, interval: float = 10.0, timeout: float = 10.0, dead_after_s: float = 6.0,
                  sample_s: float = 0.25, profile: str | None = None, backoff: Backoff | None = None,
                  max_workers: int = 8, on_report: ReportFn | None = None, release_hold_s: float = 300.0,
+                 settle_polls: int = 3,
                  rng: random.Random | None = None, journal: Any = None) -> None:
         self.home = home
         self.interval = interval
@@ -103,6 +108,7 @@ class FleetWatch:
         self.profile = profile
         self.backoff = backoff or Backoff()
         self.release_hold_s = release_hold_s
+        self.settle_polls = max(1, settle_polls)
         self.on_report = on_report
         self._rng = rng or random.Random()
         self._journal = journal
@@ -302,7 +308,7 @@ class FleetWatch:
                 return self._connect_failed(dev, exc)
         try:
             report = check_session(session, profile=resolved.profile, sample_s=self.sample_s, timeout=self.timeout,
-                                   cancel=cancel, record="changes", last_status=dev.status)
+                                   cancel=cancel, record="never")
         except Cancelled:
             return dev.report or failed_report(dev.name, self.home, self.profile, LinkLost("cancelled"), 3)
         except ConnectError as exc:  # LinkLost: the session died during the poll
@@ -314,10 +320,23 @@ class FleetWatch:
             if report.status != dev.status:
                 session.record("health.check", "failed", {"status": report.status, "previous": dev.status or "none",
                                                           "error": exc.message[:500]})
-            dev.status = report.status
+            dev.status, dev.better = report.status, 0
             return report
-        dev.status = report.status
+        self._journal_change(dev, session, report)
         return report
+
+    def _journal_change(self, dev: _Device, session: Any, report: HealthReport) -> None:
+        """Journal ``report`` if its status is news: worse than the last journaled one at once, better
+        once it has held ``settle_polls`` polls in a row."""
+        if report.status == dev.status:
+            dev.better = 0
+            return
+        if dev.status is not None and severity(report.status) < severity(dev.status):
+            dev.better += 1
+            if dev.better < self.settle_polls:
+                return
+        record_health(session, report, previous=dev.status or "none")
+        dev.status, dev.better = report.status, 0
 
     def _connect(self, dev: _Device, resolved: Any) -> Any:
         from fieldkit.devices import open_session

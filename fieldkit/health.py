@@ -92,20 +92,28 @@ def _cpu_check(cpu: dict, th: Any) -> Check:
     return c
 
 
-def _hardware_check(raw: dict, profile: Any) -> Check | None:
-    """A warning when the profile was written for other hardware than the device says it is
-    (fieldkit.hardware.mismatch); nothing when it fits or the hardware is not known."""
+def identity_of(raw: dict) -> Any:
+    """The device's identity (fieldkit.wire.IdentityResult) from a report's readings, or None."""
     from pydantic import ValidationError
 
-    from fieldkit.hardware import mismatch
     from fieldkit.wire import IdentityResult
 
     doc = raw.get("identity")
     if not isinstance(doc, dict):
         return None
     try:
-        ident = IdentityResult.model_validate(doc)
+        return IdentityResult.model_validate(doc)
     except ValidationError:
+        return None
+
+
+def _hardware_check(raw: dict, profile: Any) -> Check | None:
+    """A warning when the profile was written for other hardware than the device says it is
+    (fieldkit.hardware.mismatch); nothing when it fits or the hardware is not known."""
+    from fieldkit.hardware import mismatch
+
+    ident = identity_of(raw)
+    if ident is None:
         return None
     text = mismatch(getattr(profile, "name", ""), ident)
     if text is None:

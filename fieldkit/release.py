@@ -459,7 +459,7 @@ def _session(model: Path) -> Any:
 
 
 def _input_spec(sess: Any) -> list[dict]:
-    from fieldkit.agent.benchrun import ORT_DTYPES
+    from fieldkit.agent.benchsession import ORT_DTYPES
 
     spec = []
     for i in sess.get_inputs():
@@ -470,13 +470,13 @@ def _input_spec(sess: Any) -> list[dict]:
 
 
 def _feedable() -> set[str]:
-    from fieldkit.agent.benchrun import ORT_DTYPES
+    from fieldkit.agent.benchsession import ORT_DTYPES
 
     return set(ORT_DTYPES.values())
 
 
 def _random_feeds(np: Any, spec: list[dict], k: int, seed: int) -> dict:
-    from fieldkit.agent.benchrun import random_array
+    from fieldkit.agent.benchsession import random_array
 
     rng = np.random.default_rng(seed)
     feeds = {}

@@ -81,7 +81,7 @@ def verify_on_laptop(release_dir: Path, keys: Sequence[Any] = (), *, no_smoke: b
                                              f"{why or 'is listed twice'}", path=oms.SIGNATURE_NAME)
             expected[r.name] = r.digest
         # the same ignore rule as the full verification (model_signing's defaults + the statement's)
-        actual = oms.scan_directory(release_dir, oms._effective_ignores(oms.SIGNATURE_NAME, st.ignore_paths))
+        actual = oms.scan_directory(release_dir, oms.effective_ignores(oms.SIGNATURE_NAME, st.ignore_paths))
         extra = sorted(set(actual) - set(expected))
         if extra:
             raise oms.VerificationFailed("extra_file", f"{release_dir}: {', '.join(extra[:5])} not covered by the "

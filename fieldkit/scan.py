@@ -36,6 +36,7 @@ from typing import Any
 from fieldkit import wire
 from fieldkit.errors import ConnectError, FieldkitError
 from fieldkit.inventory import load_inventory
+from fieldkit.link.portlock import busy_error
 from fieldkit.link.serialport import NoAgentAnswer, PortUnavailable, SerialPort
 from fieldkit.link.targets import (
     SerialTarget,
@@ -330,6 +331,12 @@ def probe_port(cand: PortCandidate, bauds: list[int], home: Home, *, deadline: f
     try:
         port.open()
     except PortUnavailable as exc:
+        if exc.status == "busy":  # fieldkit's own holder (the TUI, --watch) is named, with how to free it
+            name = _inventory_serial(home).get(os.path.realpath(cand.device)) or "NAME"
+            held = busy_error(home, cand.device, name, exc)
+            if held is not exc and isinstance(held, PortUnavailable):
+                finding.status, finding.holder, finding.note = "busy", held.holder, f"{held.message}; {held.hint}"
+                return finding
         finding.status, finding.holder, finding.group, finding.note = exc.status, exc.holder, exc.group, exc.hint
         return finding
     except ConnectError as exc:

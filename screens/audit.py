@@ -33,7 +33,7 @@ MORE_WHEN = 15
 
 COLUMNS = [Col("seq", "Seq", rank=3), Col("time", "Time (UTC)", rank=2, min_width=8),
            Col("operator", "Operator", rank=5, min_width=8, max_width=20),
-           Col("device", "Device", rank=1, min_width=8, max_width=24), Col("action", "Action", rank=0, max_width=22),
+           Col("device", "Device", rank=0, min_width=8, max_width=18), Col("action", "Action", rank=0, max_width=22),
            Col("outcome", "Outcome", rank=0), Col("details", "Details", rank=0, min_width=16, flex=True)]
 """Outcome and Details always stay (a technician reads what happened and why); the time, the seq and
 the operator give way first on a small terminal; Enter shows the whole entry."""

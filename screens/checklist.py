@@ -100,6 +100,8 @@ class ChecklistScreen(Screen):
         yield Header()
         yield Static(f"{self.device}: reading checklists…", id="cl-banner", classes="connecting")
         yield FitTable(COLUMNS, id="checklists", cursor_type="row", zebra_stripes=True)
+        yield Input(placeholder="release directory (this checklist needs one): path, Enter starts",
+                    id="cl-release", classes="hidden")
         yield Input(placeholder="model name (this checklist needs one)", id="cl-model", classes="hidden")
         with Vertical(id="cl-run", classes="hidden"):
             yield Static("", id="cl-title")
@@ -189,7 +191,9 @@ class ChecklistScreen(Screen):
     def selection_changed(self) -> None:
         cl = self.selected_checklist()
         needs_model = cl is not None and "model" in cl.needs and "release" not in cl.needs
+        needs_release = cl is not None and "release" in cl.needs
         self.query_one("#cl-model", Input).set_class(not needs_model or self.running, "hidden")
+        self.query_one("#cl-release", Input).set_class(not needs_release or self.running, "hidden")
 
     def selected_checklist(self) -> Any:
         table = self.query_one("#checklists", DataTable)
@@ -202,6 +206,7 @@ class ChecklistScreen(Screen):
     # ---- starting and resuming --------------------------------------------------------------------------
     @on(DataTable.RowSelected, "#checklists")
     @on(Input.Submitted, "#cl-model")
+    @on(Input.Submitted, "#cl-release")
     def action_start(self) -> None:
         if self.running:
             return
@@ -212,18 +217,36 @@ class ChecklistScreen(Screen):
             self.notify("this checklist file is not valid: `fieldkit checklist show FILE` lists its problems",
                         severity="error")
             return
-        if "release" in cl.needs or "manifest" in cl.needs:
-            self.notify(f"{cl.name} needs a release or a signed manifest: run it with "
-                        f"`fieldkit checklist run {cl.name} {self.device} --release DIR ...`", severity="warning",
-                        timeout=10)
+        release = self.query_one("#cl-release", Input).value.strip() or None
+        if "release" in cl.needs and not release:
+            self.query_one("#cl-release", Input).focus()
+            self.notify(f"{cl.name} needs the release it installs: type its directory (on the USB stick), "
+                        "then Enter", severity="warning")
             return
+        manifest, keys = None, []
+        if "manifest" in cl.needs:  # the site manifest the TUI was started with (fieldkit --manifest)
+            from fieldkit.errors import FieldkitError
+            from fieldkit.versions import remembered_paths
+
+            try:
+                paths = remembered_paths(self.home)
+            except FieldkitError as exc:
+                paths = None
+                self.notify(str(exc), severity="error")
+            if paths is None:
+                self.notify(f"{cl.name} checks the device against the signed site manifest: start fieldkit with "
+                            "`fieldkit --manifest FILE --manifest-key PUB.pem` (remembered from then on), or run "
+                            f"`fieldkit checklist run {cl.name} {self.device} --release DIR --manifest FILE --key PUB`",
+                            severity="warning", timeout=12)
+                return
+            manifest, keys = str(paths[0]), [str(paths[1])]
         model = self.query_one("#cl-model", Input).value.strip() or None
-        if "model" in cl.needs and not model:
+        if "model" in cl.needs and not (model or release):
             self.query_one("#cl-model", Input).focus()
             self.notify(f"{cl.name} needs the model's name: type it, then Enter", severity="warning")
             return
         self.begin(cl.steps, f"{cl.name}: {cl.title}", {})
-        self.run_worker_start(cl, RunInputs(model=model))
+        self.run_worker_start(cl, RunInputs(release=release, model=model, manifest=manifest, keys=keys))
 
     def start_resume(self, run: Any) -> None:
         self.run_id = run.run_id
@@ -243,6 +266,7 @@ class ChecklistScreen(Screen):
         self.current = None
         self.query_one("#checklists").display = False
         self.query_one("#cl-model").add_class("hidden")
+        self.query_one("#cl-release").add_class("hidden")
         self.query_one("#cl-run").remove_class("hidden")
         self.query_one("#cl-title", Static).update(f"[b]{title}[/]")
         self.query_one("#cl-progress", Static).update("")

@@ -298,9 +298,9 @@ class DeviceScreen(Screen):
         if session is not None and self.watch is None:
             threading.Thread(target=session.close, daemon=True).start()
         self.unhold()
-        self.notify(f"stopped polling {self.device}; link closed, nothing left running on the device"
-                    if self.watch is None else f"stopped polling {self.device} here; the fleet watches it again",
-                    timeout=3)
+        if self.watch is None:  # with the fleet's watch the session stays open: nothing to say
+            self.notify(f"stopped polling {self.device}; link closed, nothing left running on the device",
+                        timeout=3)
         self.app.pop_screen()
 
     def unhold(self) -> None:

@@ -102,6 +102,7 @@ class FleetScreen(Screen):
         self.rows: dict[str, Row] = {}
         self.filter_text = ""
         self.alerted: set[str] = set()  # devices whose host-key dialog was already shown
+        self.held: list[str] = []  # devices the watch leaves alone while a screen above uses them
         self.watch: Any = None  # fieldkit.fleetwatch.FleetWatch: one open session per device, started after the first paint
         self.starting = False
         self.models_every = max(1, models_every)
@@ -347,6 +348,7 @@ class FleetScreen(Screen):
         if name is not None:
             from screens.bench import BenchScreen
 
+            self.hold_while_away(name)  # the watch's polls would share the device with the benchmark
             self.app.push_screen(BenchScreen(self.home, name, session_of=lambda: self.session_of(name)))
 
     def action_models(self) -> None:
@@ -354,7 +356,20 @@ class FleetScreen(Screen):
         if name is not None:
             from screens.models import ModelsScreen
 
+            self.hold_while_away(name)  # no health poll in the middle of an install's stages
             self.app.push_screen(ModelsScreen(self.home, name, borrow=lambda: self.session_of(name)))
+
+    def hold_while_away(self, name: str) -> None:
+        """Keep the watch's polls off ``name`` (its session stays open) until the fleet is back on top."""
+        if self.watch is not None:
+            self.watch.hold(name)
+            self.held.append(name)
+
+    def on_screen_resume(self) -> None:
+        held, self.held = self.held, []
+        for name in held:
+            if self.watch is not None:
+                self.watch.unhold(name)
 
     def session_of(self, name: str) -> Any:
         """The fleet's open session to ``name`` (lent to the screens it opens: a serial port takes one)."""

@@ -20,7 +20,7 @@ import pytest
 from models import models  # noqa: F401  (session fixture)
 
 from fieldkit.agent import stats
-from fieldkit.agent.benchrun import Sampler, decode_throttle
+from fieldkit.agent.benchwatch import Sampler, decode_throttle
 
 ROOT = Path(__file__).resolve().parent.parent
 MOBILENET = "mobilenetv2-like"
@@ -164,7 +164,9 @@ def paced_loop(rate_hz: float, latencies_ms: list[float]) -> tuple[dict, list[in
     """The real ``Bench.timed_loop`` at ``rate_hz`` on virtual time: (loop result, run starts from t0, period)."""
     import io
 
-    from fieldkit.agent.benchrun import Bench, CancelState, Output, check_settings
+    from fieldkit.agent.benchrun import Bench, Output
+    from fieldkit.agent.benchsettings import check_settings
+    from fieldkit.agent.benchwatch import CancelState
 
     args = check_settings({"model": "m.onnx", "rate_hz": rate_hz, "runs": len(latencies_ms)})
     vt = VirtualTime()
@@ -354,9 +356,23 @@ def test_module_imports_stay_light_and_parse_as_python36() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env(),
                          cwd=str(ROOT), timeout=60)
     assert json.loads(out.stdout) == []
-    for name in ("benchrun.py", "stats.py"):
+    for name in ("benchrun.py", "benchsettings.py", "benchsession.py", "benchwatch.py", "stats.py"):
         src = (ROOT / "fieldkit" / "agent" / name).read_text()
         ast.parse(src, feature_version=(3, 6))
+
+
+def test_bench_answers_in_json_under_python36(tmp_path: Path) -> None:
+    """JetPack 4 devices run Python 3.6: the bench process starts there (signal set-up included) and
+    answers a missing model with its JSON error line, not a traceback."""
+    from test_old_pythons import find_python
+
+    python, why = find_python("3.6")
+    if python is None:
+        pytest.skip(why)
+    proc = subprocess.run([python, "-m", "fieldkit.agent.benchrun", "--model", str(tmp_path / "none.onnx")],
+                          capture_output=True, text=True, timeout=60, cwd=str(ROOT), env=_env())
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert error_of(events, proc.returncode)["code"] == "model_not_found", proc.stderr[-2000:]
 
 
 def test_int8_model_runs(models) -> None:
@@ -493,7 +509,7 @@ def test_early_stopping_matches_loadgen() -> None:
 # --- settings: one table, checked once, by key name -------------------------------------------------
 
 def test_settings_are_checked_by_key_name() -> None:
-    from fieldkit.agent.benchrun import SETTING_KEYS, BenchError, check_settings
+    from fieldkit.agent.benchsettings import SETTING_KEYS, BenchError, check_settings
 
     cases = {
         "threads": (-1, "threads must be a whole number >= 0, got -1"),

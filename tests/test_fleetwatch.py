@@ -83,11 +83,20 @@ def test_one_session_over_many_polls_and_each_status_change_journaled_once(home:
         assert checks[-1]["status"] == "warn" and checks[-1]["previous"] == "ok"
         assert any(p.startswith("memory:") for p in checks[-1]["problems"]), checks[-1]
 
+        journaled = lambda: [d["status"] for a, _, d in actions(home, local_device) if a == "health.check"]  # noqa: E731
         write_profile(home, lenient_profile(PROFILE))
         assert watch.poll(local_device).status == "ok"
         assert watch.poll(local_device).status == "ok"
-        assert [d["status"] for a, _, d in actions(home, local_device) if a == "health.check"] == ["ok", "warn", "ok"]
+        assert journaled() == ["ok", "warn"]  # a recovery is news once it has held settle_polls (3) polls
+        assert watch.poll(local_device).status == "ok"
+        assert journaled() == ["ok", "warn", "ok"]
         assert watch.connects(local_device) == 1 and count(home, local_device, "connect") == 1
+
+        # a reading flapping at its threshold: the first worsening is journaled, the flaps are not
+        for i in range(7):
+            write_profile(home, STRICT if i % 2 == 0 else lenient_profile(PROFILE))
+            assert watch.poll(local_device).status == ("warn" if i % 2 == 0 else "ok")
+        assert journaled() == ["ok", "warn", "ok", "warn"]
 
 
 def test_background_polling_reports_every_device_and_keeps_one_session(home: Home, tmp_path: Path) -> None:

@@ -211,6 +211,8 @@ def test_health_cli_json_shows_the_warning(home: Home, device_root: Path) -> Non
     assert doc["checks"][0]["message"] == ("profile x86-ipc, but this is an NVIDIA Jetson Orin Nano Developer Kit, 8 GB, "
                                            "JetPack 6.2.1 (L4T 36.4.4); the jetson-orin-nano profile fits it")
     assert doc["hardware"]["jetson"]["power_mode"] == "15W" and doc["status"] in ("warn", "crit")
+    text = run_cli("health", "weld-1", env=env).stdout  # the human report names the hardware too
+    assert "  hardware: NVIDIA Jetson Orin Nano Developer Kit, 8 GB, JetPack 6.2.1 (L4T 36.4.4)" in text
 
 
 def test_an_agent_without_identity_or_a_hostile_one_leaves_health_alone(home: Home) -> None:

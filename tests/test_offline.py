@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_cli
 
+from fieldkit.agent import AGENT_VERSION
 from fieldkit.agentbundle import AGENT_FILE, RECOVER_UNIT, SERIAL_UNIT
 from fieldkit.link.zipapp import agent_archive
 from fieldkit.signing import generate_private_key, key_fingerprint, public_key_pem
@@ -73,7 +74,7 @@ def test_laptop_bundle_installs_and_runs_with_no_index(tmp_path: Path) -> None:
                            capture_output=True, text=True, env=env, cwd=str(tmp_path))
     assert str(venv) in where.stdout, where  # the installed copy, not this checkout
     ver = subprocess.run([str(fk), "--version"], capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=60)
-    assert ver.returncode == 0 and ver.stdout.strip() == "fieldkit 0.1.0", ver
+    assert ver.returncode == 0 and ver.stdout.strip() == f"fieldkit {AGENT_VERSION}", ver
     demo = subprocess.run([str(fk), "demo", "--text"], capture_output=True, text=True, env=env, cwd=str(tmp_path),
                           timeout=180)
     assert demo.returncode == 0, demo.stdout + demo.stderr

@@ -278,6 +278,33 @@ def test_a_port_held_by_another_process_is_busy_and_left_alone(home) -> None:
         assert not select.select([master], [], [], 0.2)[0]  # not one byte was sent
 
 
+def test_a_port_the_tui_holds_is_named_with_how_to_free_it(home) -> None:
+    """The same busy port, but the holder is a fieldkit session (its holder record names it)."""
+    from fieldkit.inventory import add_device
+    from fieldkit.link.portlock import holder_path
+
+    with bare_pty() as (master, path):
+        add_device(home, "kiosk", f"serial://{path}?baud=115200")
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import fcntl,os,sys; fd=os.open(sys.argv[1], os.O_RDWR|os.O_NOCTTY); "
+             "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()", path],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            record = holder_path(home, path)
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps({"pid": holder.pid, "program": "fieldkit", "port": path,
+                                          "since": time.time(), "device": "kiosk"}))
+            findings, _ = scan_serial(home, [path])
+        finally:
+            holder.stdin.close()
+            holder.wait(10)
+        f = findings[0]
+        assert f.status == "busy" and f.bauds_tried == []
+        assert f.holder == f"pid {holder.pid} (fieldkit)"
+        assert "held by fieldkit" in f.note and "for kiosk" in f.note and "fieldkit devices release kiosk" in f.note
+
+
 def test_a_port_in_exclusive_mode_is_busy_even_for_root(home) -> None:
     import termios
 

@@ -8,6 +8,7 @@ from typing import Callable
 import pytest
 from textual.widgets import DataTable, Input, Static
 
+from fieldkit.agent import AGENT_VERSION
 from fieldkit.link.hostkeys import remove_host_entry
 from fieldkit.sim import Simulation
 from screens.app import build_app
@@ -48,7 +49,7 @@ async def test_fleet_lists_devices_with_real_values_and_opens_live_health(home, 
                        what="health of both simulated devices")
         for d in sim.devices:
             assert cell(app, d.name, "cpu").endswith("%")
-            assert cell(app, d.name, "agent") == "0.1.0"
+            assert cell(app, d.name, "agent") == AGENT_VERSION
         assert cell(app, "sim-serial-1", "transport") == "serial"
 
         table = app.screen.query_one("#devices", DataTable)

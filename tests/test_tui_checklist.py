@@ -5,10 +5,12 @@ the fleet's `c`) and finishes, as the journal says."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from conftest import lenient_profile, wait_for
+from models import models  # noqa: F401  (session fixture)
 from textual.widgets import DataTable, Input
 
 from fieldkit.checklists import load_run
@@ -154,3 +156,68 @@ async def test_a_run_stopped_by_esc_is_offered_for_resume_from_the_fleet_and_fin
         assert screen.result.status == "passed" and screen.result.run_id == stopped.run_id
         run, count_after = last_run(home)
         assert run.status == "passed" and count_after == count  # the same run, finished; not a new one
+
+
+SWAP = """
+name = "swap"
+title = "Install a release and check it against the site manifest"
+needs = ["release", "manifest"]
+
+[[steps]]
+id = "install"
+kind = "action"
+action = "install"
+title = "Install the release"
+
+[[steps]]
+id = "versions"
+kind = "check"
+check = "versions"
+title = "Versions match the site manifest"
+"""
+
+
+async def test_a_checklist_that_needs_a_release_takes_it_and_uses_the_remembered_site_manifest(
+        home: Home, device: Path, tmp_path: Path, models) -> None:  # noqa: F811
+    ANOMALY = "anomaly-tabular"
+
+    from fieldkit.devices import open_session
+    from fieldkit.manifest import create_manifest, verify_manifest
+    from fieldkit.modelstore import add_anchor, read_public_key
+    from fieldkit.release import create_release, keygen
+    from fieldkit.versions import remember_manifest
+
+    key = keygen(tmp_path / "rel.pem")
+    release = tmp_path / "anomaly-1.0.0"
+    create_release(models[ANOMALY], name="anomaly", version="1.0.0", security_version=1, smoke_random=2,
+                   key_path=key.private, out_dir=release)
+    src = tmp_path / "site.toml"
+    src.write_text(f'[[expect]]\ndevice = "{DEVICE}"\nmodel = "anomaly"\nversion = "1.0.0"\n')
+    site = tmp_path / "site.manifest.json"
+    create_manifest(src, key.private, site)
+    pem, fp = read_public_key(key.public)
+    with open_session(DEVICE, home) as session:
+        add_anchor(session, pem, fp)
+    (home.root / "checklists" / "swap.toml").write_text(SWAP)
+
+    app = build_app(home, fleet_refresh_s=600)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await app.push_screen(ChecklistScreen(app.home, DEVICE))
+        screen = app.screen
+        await pick(pilot, screen, "swap")  # no release typed yet: the screen asks for it
+        field = screen.query_one("#cl-release", Input)
+        await wait_for(pilot, lambda: field.has_focus, what="the release field")
+        assert not screen.running
+        field.value = str(release)
+        await pilot.press("enter")  # no site manifest remembered: the screen says how, starts nothing
+        await pilot.pause()
+        assert not screen.running and screen.run_id is None
+        remember_manifest(home, verify_manifest(site, [key.public]), key.public)
+        field.focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen.result is not None, timeout=120, what="the end of the run")
+        assert screen.result.status == "passed", screen.messages
+        assert screen.state == {"install": "passed", "versions": "passed"}
+    run, _ = last_run(home)
+    assert run.inputs.release == str(release.resolve()) and run.inputs.manifest == str(site.resolve())
+    assert os.readlink(device / "var/lib/fieldkit/models/anomaly/current") == "1.0.0"

@@ -233,6 +233,11 @@ async def test_the_palette_has_one_quit_and_finds_bench_for_the_selected_device(
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, BenchScreen), what="the bench screen")
         assert app.screen.device == "press-2"
+        fleet = app.screen_stack[-2]
+        assert fleet.watch._device("press-2").holds == 1  # the watch leaves the device alone meanwhile
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is fleet, what="the fleet again")
+        assert fleet.watch._device("press-2").holds == 0
 
 
 # ---- texts that said the same thing twice ----------------------------------------------------------------

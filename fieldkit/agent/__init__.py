@@ -4,5 +4,5 @@ Optional modules (psutil, onnxruntime, numpy, cryptography) are used only when p
 handshake says which are. This package is shipped to devices as a zipapp (see fieldkit.link.zipapp).
 """
 
-AGENT_VERSION = "0.1.0"
+AGENT_VERSION = "0.2.0"
 PROTOCOL_VERSION = 1

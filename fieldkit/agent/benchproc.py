@@ -1,7 +1,7 @@
 """The benchmark as a process of its own (stdlib only, Python 3.6 syntax).
 
 The agent's ``bench`` operation checks the laptop's settings once against
-:data:`fieldkit.agent.benchrun.SETTINGS`, starts ``fieldkit-agent bench --settings-json JSON`` in a
+:data:`fieldkit.agent.benchsettings.SETTINGS`, starts ``fieldkit-agent bench --settings-json JSON`` in a
 new session (its own process group), relays its JSON lines as request events, and ends the whole
 group when the request is cancelled or the laptop goes away: nothing is left running on the
 device. One benchmark runs at a time per device (:class:`BenchLock`).
@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from fieldkit.agent import benchrun
+from fieldkit.agent import benchsettings
 from fieldkit.agent.fields import get_sha256
 from fieldkit.agent.files import open_nofollow, refuse_symlink
 from fieldkit.agent.protocol import RemoteError, StreamClosed
@@ -31,15 +31,15 @@ def bench_op(fs, req):
     an ``error`` line becomes an error with the benchmark's own code and message.
     """
     args = req.args
-    raw = dict((k, args.get(k)) for k in benchrun.SETTING_KEYS if args.get(k) is not None)
+    raw = dict((k, args.get(k)) for k in benchsettings.SETTING_KEYS if args.get(k) is not None)
     for key in ("model", "inputs"):
         if key in raw:
             rel = raw[key]
             raw[key] = fs.resolve(rel)
             refuse_symlink(raw[key], rel)
     try:
-        settings = benchrun.check_settings(raw)
-    except benchrun.BenchError as exc:
+        settings = benchsettings.check_settings(raw)
+    except benchsettings.BenchError as exc:
         raise RemoteError("bad_args", exc.message)
     expect = get_sha256(args, "expect_sha256")
     lock_rel = args.get("lock")

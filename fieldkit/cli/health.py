@@ -89,6 +89,9 @@ def cmd_health(args: argparse.Namespace, home: Home) -> int:
 
 
 def render_health(reports: list[Any]) -> str:
+    from fieldkit.hardware import describe
+    from fieldkit.health import identity_of
+
     color = use_color()
     out = []
     rows = []
@@ -123,6 +126,9 @@ def render_health(reports: list[Any]) -> str:
         out.append(f"\n{r.device} ({r.profile}) — {raw.get('os')}, {raw.get('machine')}, "
                    f"Python {rt.get('python')}, onnxruntime {rt.get('onnxruntime') or 'not installed'}, "
                    f"agent {agent.get('version')}")
+        ident = identity_of(raw)
+        if ident is not None:
+            out.append(f"  hardware: {describe(ident)}")
         shown = r.checks if len(reports) == 1 else [c for c in r.checks if c.status in ("warn", "crit")]
         if shown:
             out.append(table(["CHECK", "STATUS", "DETAIL"],
