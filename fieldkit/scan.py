@@ -36,7 +36,7 @@ from typing import Any
 from fieldkit import wire
 from fieldkit.errors import ConnectError, FieldkitError
 from fieldkit.inventory import load_inventory
-from fieldkit.link.portlock import busy_error
+from fieldkit.link.portlock import busy_error, holder_record
 from fieldkit.link.serialport import NoAgentAnswer, PortUnavailable, SerialPort
 from fieldkit.link.targets import (
     SerialTarget,
@@ -333,6 +333,12 @@ def probe_port(cand: PortCandidate, bauds: list[int], home: Home, *, deadline: f
     except PortUnavailable as exc:
         if exc.status == "busy":  # fieldkit's own holder (the TUI, --watch) is named, with how to free it
             name = _inventory_serial(home).get(os.path.realpath(cand.device)) or "NAME"
+            mine = holder_record(home, cand.device)
+            if mine is not None and mine.get("pid") == os.getpid():  # the scan runs in the TUI that holds it
+                finding.status, finding.holder = "busy", f"pid {os.getpid()} (this fieldkit)"
+                finding.note = (f"this fieldkit holds the port: its session to {mine.get('device') or name} is open "
+                                "(the device is already in the inventory)")
+                return finding
             held = busy_error(home, cand.device, name, exc)
             if held is not exc and isinstance(held, PortUnavailable):
                 finding.status, finding.holder, finding.note = "busy", held.holder, f"{held.message}; {held.hint}"

@@ -16,9 +16,14 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from screens.actions import SCAN, bindings
+from screens.columns import Col, FitTable
 
-COLUMNS = (("where", "Port / name"), ("status", "Status"), ("how", "Baud / address"), ("host", "Hostname"),
-           ("profile", "Profile"), ("known", "Inventory"), ("hardware", "Hardware"), ("note", "Note"))
+# Columns give way by importance (screens.columns): the port, what it is and the note saying why stay.
+COLUMNS = [Col("where", "Port / name", rank=0, min_width=10, max_width=32), Col("status", "Status", rank=0),
+           Col("how", "Baud / address", rank=2), Col("host", "Hostname", rank=3, max_width=20),
+           Col("profile", "Profile", rank=4), Col("known", "Inventory", rank=5, max_width=16),
+           Col("hardware", "Hardware", rank=6, min_width=12, max_width=40),
+           Col("note", "Note", rank=1, min_width=24, flex=True)]
 STATUS = {"agent": "[green]agent[/]", "no_agent": "[dim]no agent[/]", "busy": "[yellow]busy[/]",
           "permission_denied": "[red]permission denied[/]"}
 
@@ -66,10 +71,7 @@ class ScanScreen(Screen[Any]):
     def compose(self) -> ComposeResult:
         yield Header(show_clock=True)
         yield Static("", id="scan-status")
-        table: DataTable = DataTable(id="found", cursor_type="row", zebra_stripes=True)
-        for key, label in COLUMNS:
-            table.add_column(label, key=key)
-        yield table
+        yield FitTable(COLUMNS, id="found", cursor_type="row", zebra_stripes=True)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -129,7 +131,7 @@ class ScanScreen(Screen[Any]):
                               f"for {net.get('seconds', 0):g} s")
         text = "Tried " + "; ".join(parts) + "."
         if not report.found:
-            text += "\nNothing found. " + " ".join(report.causes())
+            text += "\nNothing found. Likely causes:\n" + "\n".join(f"• {c}" for c in report.causes())
         else:
             text += "  Enter adds the selected device; r scans again."
         self.set_status(escape(text))
@@ -143,8 +145,8 @@ class ScanScreen(Screen[Any]):
         self.rows[key] = finding
         if key in table.rows:
             with self.app.batch_update():
-                for (column, _), value in zip(COLUMNS, cells):
-                    table.update_cell(key, column, value, update_width=True)
+                for col, value in zip(COLUMNS, cells):
+                    table.update_cell(key, col.key, value)
         else:
             table.add_row(*cells, key=key)
 
@@ -154,7 +156,7 @@ class ScanScreen(Screen[Any]):
         self.put_row(f"serial:{f.device}", f, [
             where, STATUS.get(f.status, escape(f.status)), str(f.baud or "-"), escape(f.hostname or "-"),
             escape(f.suggested_profile or "-"), escape(f.in_inventory or "-"), escape(_short(f.hardware or "-", 40)),
-            escape(_short(note))])
+            escape(_short(note, 400))])
 
     def show_network(self, f: Any) -> None:
         self.put_row(f"net:{f.service}:{f.name}", f, [

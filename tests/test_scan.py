@@ -305,6 +305,24 @@ def test_a_port_the_tui_holds_is_named_with_how_to_free_it(home) -> None:
         assert "held by fieldkit" in f.note and "for kiosk" in f.note and "fieldkit devices release kiosk" in f.note
 
 
+def test_a_port_this_very_fieldkit_holds_is_said_so(home) -> None:
+    """The TUI's Scan runs in the process whose fleet session holds the port."""
+    from fieldkit.link.portlock import claim, unclaim
+
+    with bare_pty() as (master, path):
+        fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            claim(home, path, "kiosk")
+            findings, _ = scan_serial(home, [path])
+        finally:
+            unclaim(home, path)
+            os.close(fd)
+        f = findings[0]
+        assert f.status == "busy" and f.bauds_tried == [] and f.holder == f"pid {os.getpid()} (this fieldkit)"
+        assert "its session to kiosk is open" in f.note
+
+
 def test_a_port_in_exclusive_mode_is_busy_even_for_root(home) -> None:
     import termios
 

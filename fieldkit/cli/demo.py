@@ -98,6 +98,19 @@ def run_tui(home: Home, manifest: Path | None = None, manifest_key: Path | None 
     return int(tui.run(home) or 0)
 
 
+def _scan_sees(sim: Any) -> None:
+    """The TUI's Scan (`s`) also probes the simulated serial devices' ports (ptys are not listed by
+    pyserial): the demo shows what a scan reports, here that the fleet itself holds the port."""
+    import os
+
+    from fieldkit.link.targets import SerialTarget, parse_target
+    from fieldkit.scan import PORTS_ENV
+
+    paths = [t.path for t in (parse_target(d.target) for d in sim.devices) if isinstance(t, SerialTarget)]
+    if paths and not os.environ.get(PORTS_ENV):
+        os.environ[PORTS_ENV] = os.pathsep.join(paths)
+
+
 def cmd_demo(args: argparse.Namespace, home: Home) -> int:
     import tempfile
 
@@ -119,6 +132,7 @@ def cmd_demo(args: argparse.Namespace, home: Home) -> int:
             if args.serial:
                 print(f"serial line: {_line_text(sim)}", flush=True)
             if not args.text:
+                _scan_sees(sim)
                 return run_tui(demo_home)
             reports = check_many([d.name for d in sim.devices], demo_home)
             print(render_health(reports))
