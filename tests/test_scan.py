@@ -45,49 +45,23 @@ from fieldkit.sim.ptyrelay import PtyRelay, uart_resample
 BAUDS = list(COMMON_BAUDS)  # every bundled profile says 115200, first of the common ones
 
 
-def _locked(path: str) -> bool:
-    """Does some process hold the flock the agent (and fieldkit) take on a serial port?"""
-    fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops a lock taken here
-    return False
 
 
 @contextmanager
 def serial_device(tmp_path: Path, *, baud: int = 115200, bytes_per_second: float | None = None,
                   uart: bool = False, name: str = "dev") -> Iterator[PtyRelay]:
     """The real agent serving ``--serial`` at ``baud`` on one end of a relay; yields the relay."""
-    root = make_device_root(tmp_path / name)
-    relay = PtyRelay(bytes_per_second=bytes_per_second, uart=uart)
-    log = open(tmp_path / f"{name}.agent.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "fieldkit.agent", "serve", "--serial", relay.device_path,
-                             "--baud", str(baud), "--root", str(root)], stdin=subprocess.DEVNULL, stdout=log,
-                            stderr=log)
-    try:
-        deadline = time.monotonic() + 30
-        while not _locked(relay.device_path):  # the agent has opened (and locked) its port
-            assert proc.poll() is None, (tmp_path / f"{name}.agent.log").read_text()
-            assert time.monotonic() < deadline, "the agent did not open its port"
-            time.sleep(0.02)
-        from fieldkit.link.serialport import flock_holder
+    from fieldkit.link.serialport import flock_holder
+    from fieldkit.sim import serial_agent
 
-        for path, mine in ((relay.device_path, f"pid {proc.pid} "), (relay.laptop_path, None)):
-            holder = flock_holder(path)
-            if holder is not None and (mine is None or not holder.startswith(mine)):
-                pytest.skip(f"another process on this machine holds the test's pty {path}: {holder}")
-        yield relay
+    relay = PtyRelay(bytes_per_second=bytes_per_second, uart=uart)
+    try:
+        with serial_agent(relay, make_device_root(tmp_path / name), tmp_path / f"{name}.agent.log", baud=baud):
+            holder = flock_holder(relay.laptop_path)
+            if holder is not None:
+                pytest.skip(f"another process on this machine holds the test's pty {relay.laptop_path}: {holder}")
+            yield relay
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
         relay.close()
 
 

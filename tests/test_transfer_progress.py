@@ -4,11 +4,8 @@ pty serial line."""
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
-import subprocess
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -94,40 +91,19 @@ def test_a_resumed_upload_counts_from_where_the_device_stood(home, device_root: 
     assert rec.done[0] > 400_000 and rec.done[-1] == size and rec.done == sorted(rec.done)
 
 
-def _locked(path: str) -> bool:
-    fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 @contextmanager
 def slow_serial_device(tmp_path: Path, bytes_per_second: float) -> Iterator[tuple[PtyRelay, Path]]:
     """The real agent serving ``--serial`` behind a relay throttled to ``bytes_per_second``."""
+    from fieldkit.sim import serial_agent
+
     root = make_device_root(tmp_path / "dev")
     relay = PtyRelay(bytes_per_second=bytes_per_second)
-    log = open(tmp_path / "agent.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "fieldkit.agent", "serve", "--serial", relay.device_path,
-                             "--root", str(root)], stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + 30
-        while not _locked(relay.device_path):
-            assert proc.poll() is None, (tmp_path / "agent.log").read_text()
-            assert time.monotonic() < deadline, "the agent did not open its port"
-            time.sleep(0.02)
-        yield relay, root
+        with serial_agent(relay, root, tmp_path / "agent.log"):
+            yield relay, root
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
         relay.close()
 
 

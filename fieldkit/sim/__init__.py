@@ -21,6 +21,7 @@ split evenly between a dropped, a flipped and an inserted byte (seeded with ``li
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -28,7 +29,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from fieldkit.locations import Home
 
@@ -303,3 +304,35 @@ def wait_forever() -> None:
     while not stop.wait(0.5):
         pass
 
+
+
+@contextlib.contextmanager
+def serial_agent(relay: Any, root: Path, log_path: Path, *, baud: int = 115200,
+                 timeout: float = 30.0) -> Iterator[subprocess.Popen]:
+    """The real agent serving ``--serial`` on ``relay``'s device end with ``root`` as its device root,
+    from this checkout (no unit, no install: tests and benchmarks of the serial line itself). Yields
+    once the agent holds its port (its lock taken), stops it on the way out. RuntimeError with the
+    agent's log when it ends or does not take its port within ``timeout``."""
+    import time
+
+    from fieldkit.link.serialport import flock_holder
+
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "fieldkit.agent", "serve", "--serial", relay.device_path,
+                                 "--baud", str(baud), "--root", str(root)],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + timeout
+        while not (flock_holder(relay.device_path) or "").startswith(f"pid {proc.pid} "):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the simulated serial agent did not take its port {relay.device_path}: "
+                                   + Path(log_path).read_text(errors="replace")[-400:])
+            time.sleep(0.02)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,42 +40,17 @@ CACHE = "/var/lib/fieldkit/bench-cache"
 
 @contextmanager
 def serial_device(work: Path, bytes_per_second: float) -> Iterator[tuple[object, Path]]:
-    import fcntl
-
-    from fieldkit.sim import make_device_root
+    from fieldkit.sim import make_device_root, serial_agent
     from fieldkit.sim.ptyrelay import PtyRelay
 
     root = make_device_root(work / "dev")
     relay = PtyRelay(bytes_per_second=bytes_per_second)
-    log = open(work / "agent.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "fieldkit.agent", "serve", "--serial", relay.device_path,
-                             "--root", str(root)], stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=str(ROOT))
-
-    def locked() -> bool:
-        fd = os.open(relay.device_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
-
     try:
-        deadline = time.monotonic() + 30
-        while not locked():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the agent did not start: {(work / 'agent.log').read_text()[-400:]}")
-            time.sleep(0.02)
-        yield relay, root
+        with serial_agent(relay, root, work / "agent.log"):
+            yield relay, root
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
         relay.close()
 
 
