@@ -284,7 +284,7 @@ def test_ctrl_c_stops_new_installs_and_the_running_one_finishes(home: Home, line
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in err and "no new install starts" in err
     rows = [line.split() for line in out.splitlines()[1:] if line.startswith(tuple(names))]
-    assert [r[-1] for r in rows] == ["committed", "skipped", "skipped", "skipped"], out
+    assert [r[-1] for r in rows] == ["committed", "skipped", "skipped", "skipped"], (out, err)
     assert [active(roots(line)[n]) for n in names] == ["1.0.0", None, None, None]
 
 

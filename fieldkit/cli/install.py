@@ -187,20 +187,28 @@ def _drive(plan: Any, args: argparse.Namespace) -> Any:
         finally:
             finished.set()
 
+    def on_ctrl_c(signum: int, frame: Any) -> None:
+        # A handler, not KeyboardInterrupt: Ctrl-C at any instant (even between starting the worker
+        # and waiting for it) stops new installs instead of leaving without the summary.
+        if not cancel.is_set():
+            cancel.set()
+            print("\nstopping: no new install starts; the running ones finish (Ctrl-C again to cancel them)",
+                  file=sys.stderr, flush=True)
+        else:
+            abort.set()
+            print("\ncancelling the running installs: each device reverts what it did not commit",
+                  file=sys.stderr, flush=True)
+
+    import signal
+
     worker = threading.Thread(target=work, name="fieldkit-rollout", daemon=True)
-    worker.start()
-    while not finished.is_set():  # not Thread.join: one interrupted by Ctrl-C may report a live thread dead
-        try:
-            finished.wait(0.2)
-        except KeyboardInterrupt:
-            if not cancel.is_set():
-                cancel.set()
-                print("\nstopping: no new install starts; the running ones finish (Ctrl-C again to cancel them)",
-                      file=sys.stderr, flush=True)
-            else:
-                abort.set()
-                print("\ncancelling the running installs: each device reverts what it did not commit",
-                      file=sys.stderr, flush=True)
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        worker.start()
+        while not finished.wait(0.2):  # not Thread.join: a signal handler runs between the waits
+            pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
     worker.join()
     if "error" in box:
         raise box["error"]
